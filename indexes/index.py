@@ -1,0 +1,493 @@
+"""`VectorIndex`: FAISS vectors + external ids + a DuckDB payload table, saved as one directory.
+
+The FAISS index stores internal row numbers (IVF kinds natively, others through an `IDMap2`); DuckDB maps
+row numbers to the caller's ids and payload columns and is the truth of which rows are live. Search
+goes to a GPU replica when FAISS has GPUs, to a torch matrix product when only torch sees CUDA (exact
+indexes), else to the CPU index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import faiss
+import numpy as np
+import polars as pl
+
+from indexes.errors import IndexFormatError, UserError
+from indexes.runtime import atomic_dir, atomic_write_text
+from indexes.searchers import FaissSearcher, Searcher, choose_searcher, inner_index
+
+FORMAT_VERSION = 1
+FAISS_FILE = "index.faiss"
+PAYLOAD_FILE = "payload.duckdb"
+MANIFEST_FILE = "manifest.json"
+METRICS = ("ip", "l2", "cosine")
+RESERVED_COLUMNS = ("_row", "id")
+KIND_ALIASES = ("flat", "hnsw", "ivf-flat", "ivf-pq")
+
+Id = int | str
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the caller's id, the score (similarity for ip/cosine, squared distance for l2)
+    and the payload columns of the row."""
+
+    id: Id
+    score: float
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "score": self.score, **({"payload": self.payload} if self.payload else {})}
+
+
+def factory_string(kind: str, n: int, dim: int) -> str:
+    """Turn a friendly kind (flat, hnsw, ivf-flat, ivf-pq) into a FAISS factory string sized for n rows.
+
+    Anything else is taken to be a FAISS factory string already (e.g. "IVF1024,PQ32", "HNSW64").
+    """
+    nlist = max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39 if n >= 39 else 1))
+    if kind == "flat":
+        return "Flat"
+    if kind == "hnsw":
+        return "HNSW32"
+    if kind == "ivf-flat":
+        return f"IVF{nlist},Flat"
+    if kind == "ivf-pq":
+        m = next(m for m in (64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0 and dim // m >= 4 or m == 1)
+        nbits = max(1, min(8, int(math.log2(max(n // 39, 2)))))  # FAISS wants ~39 points per centroid
+        return f"IVF{nlist},PQ{m}x{nbits}"
+    return kind
+
+
+def _faiss_metric(metric: str) -> int:
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def _as_matrix(vectors: Any, dim: int | None, what: str) -> np.ndarray:
+    """Validate an (n, d) float matrix (a single vector becomes one row) and return it as float32."""
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise UserError(f"{what} must be an (n, d) matrix, got shape {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise UserError(f"{what} have dimension {x.shape[1]}, but the index has dimension {dim}")
+    if not np.isfinite(x).all():
+        raise UserError(f"{what} contain NaN or infinite values")
+    return np.ascontiguousarray(x)
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def _ids_array(ids: Sequence[Id], id_type: str | None) -> tuple[np.ndarray, str]:
+    """External ids as int64 (all ints) or object-str array; reject duplicates and mixed types."""
+    values = list(ids)
+    kind = id_type or ("int" if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values) else "str")
+    if kind == "int":
+        try:
+            arr = np.asarray(values, dtype=np.int64)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"this index has integer ids; got {err}") from None
+    else:
+        arr = np.asarray([str(v) for v in values], dtype=object)
+    if len(np.unique(arr)) != len(arr):
+        raise UserError("ids must be unique")
+    return arr, kind
+
+
+def _payload_frame(payload: pl.DataFrame | Sequence[Mapping[str, Any]] | None, n: int) -> pl.DataFrame:
+    if payload is None:
+        return pl.DataFrame(schema={})
+    frame = payload if isinstance(payload, pl.DataFrame) else pl.DataFrame(list(payload))
+    if frame.width and frame.height != n:
+        raise UserError(f"payload has {frame.height} rows for {n} vectors")
+    clash = set(frame.columns) & set(RESERVED_COLUMNS)
+    if clash:
+        raise UserError(f"payload columns {sorted(clash)} are reserved")
+    return frame
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class VectorIndex:
+    """A searchable set of vectors with ids and payload. Build with `build`, open with `load`."""
+
+    def __init__(self, cpu_index: faiss.Index, db: duckdb.DuckDBPyConnection, manifest: dict[str, Any],
+                 path: Path | None = None, device: str = "auto"):
+        self._cpu = cpu_index
+        self._db = db
+        self.manifest = manifest
+        self.path = path
+        self.device = device
+        self._searcher: Searcher | None = None
+        self._reload_ids()
+        self._apply_search_params()
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        vectors: Any,
+        ids: Sequence[Id] | None = None,
+        payload: pl.DataFrame | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        kind: str = "flat",
+        metric: str = "cosine",
+        encoder: Mapping[str, Any] | None = None,
+        device: str = "auto",
+        nprobe: int = 16,
+        ef_search: int = 64,
+    ) -> VectorIndex:
+        """Index an (n, d) float matrix; ids default to 0..n-1; `encoder` describes what made the vectors."""
+        x = _as_matrix(vectors, None, "vectors")
+        n, dim = x.shape
+        ids_arr, id_type = _ids_array(range(n) if ids is None else ids, None)
+        if len(ids_arr) != n:
+            raise UserError(f"{len(ids_arr)} ids for {n} vectors")
+        frame = _payload_frame(payload, n)
+        factory = factory_string(kind, n, dim)
+        try:
+            # IVF keeps ids itself (and an IDMap over it would renumber wrongly on removal)
+            wrapped = factory if factory.startswith("IVF") else f"IDMap2,{factory}"
+            index = faiss.index_factory(dim, wrapped, _faiss_metric(metric))
+        except RuntimeError as err:
+            raise UserError(f"FAISS cannot make an index of kind {kind!r}: {str(err).splitlines()[0]}") from None
+        if metric == "cosine":
+            x = _normalize(x)
+        if not index.is_trained:
+            index.train(x)
+        db = duckdb.connect(":memory:")
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "dim": dim,
+            "metric": metric,
+            "kind": factory,
+            "rows": 0,
+            "id_type": id_type,
+            "encoder": dict(encoder or {}),
+            "search_params": {"nprobe": nprobe, "efSearch": ef_search},
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        id_sql = "BIGINT" if id_type == "int" else "VARCHAR"
+        db.execute(f"CREATE TABLE rows (_row BIGINT PRIMARY KEY, id {id_sql} UNIQUE)")
+        self = cls(index, db, manifest, device=device)
+        self._append(x, ids_arr, frame)
+        return self
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto") -> VectorIndex:
+        """Open an index directory, verifying its manifest, format version and checksums."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        for name, expected in manifest.get("sha256", {}).items():
+            if not (path / name).is_file():
+                raise IndexFormatError(f"{path}: {name} is missing")
+            if sha256_file(path / name) != expected:
+                raise IndexFormatError(f"{path}: {name} is corrupt (checksum mismatch)")
+        try:
+            index = faiss.read_index(str(path / FAISS_FILE))
+        except RuntimeError:
+            raise IndexFormatError(f"{path}: {FAISS_FILE} is not a readable FAISS index") from None
+        if index.d != manifest["dim"]:
+            raise IndexFormatError(f"{path}: FAISS index has dimension {index.d}, manifest says {manifest['dim']}")
+        db = duckdb.connect(":memory:")
+        try:
+            db.execute(f"ATTACH '{path / PAYLOAD_FILE}' AS src (READ_ONLY)")
+            db.execute("CREATE TABLE rows AS SELECT * FROM src.rows")
+            db.execute("DETACH src")
+        except duckdb.Error as err:
+            raise IndexFormatError(f"{path}: payload store unreadable: {str(err).splitlines()[0]}") from None
+        self = cls(index, db, manifest, path=path, device=device)
+        if self.ntotal != manifest["rows"]:
+            raise IndexFormatError(f"{path}: {self.ntotal} live rows, manifest says {manifest['rows']}")
+        return self
+
+    # ---- properties ---------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def metric(self) -> str:
+        return str(self.manifest["metric"])
+
+    @property
+    def ntotal(self) -> int:
+        """Live rows (deleted rows excluded)."""
+        return int(self._db.execute("SELECT count(*) FROM rows").fetchone()[0])
+
+    @property
+    def encoder(self) -> dict[str, Any]:
+        return dict(self.manifest.get("encoder", {}))
+
+    @property
+    def device_info(self) -> str:
+        """Where searches run, e.g. 'cpu', 'faiss-gpu x2 (replicated)', 'torch cuda (exact)'."""
+        return self._get_searcher().description
+
+    # ---- mutation -----------------------------------------------------------------------------
+    def add(self, vectors: Any, ids: Sequence[Id], payload: pl.DataFrame | Sequence[Mapping[str, Any]] | None = None) -> None:
+        """Append rows; ids must be new."""
+        x = _as_matrix(vectors, self.dim, "vectors")
+        ids_arr, _ = _ids_array(ids, self.manifest["id_type"])
+        if len(ids_arr) != len(x):
+            raise UserError(f"{len(ids_arr)} ids for {len(x)} vectors")
+        taken = self._known(ids_arr)
+        if taken.any():
+            raise UserError(f"ids already in the index: {', '.join(map(str, ids_arr[taken][:5]))}")
+        self._append(_normalize(x) if self.metric == "cosine" else x, ids_arr, _payload_frame(payload, len(x)))
+
+    def remove(self, ids: Iterable[Id]) -> int:
+        """Delete rows by id; unknown ids are an error. Returns the number removed."""
+        ids_arr, _ = _ids_array(list(ids), self.manifest["id_type"])
+        rows = self.rows_of(ids_arr)
+        try:
+            self._cpu.remove_ids(faiss.IDSelectorBatch(rows))
+        except RuntimeError:  # kinds without removal (HNSW): the row stays in FAISS as a tombstone
+            self._tombstones = np.union1d(self._tombstones, rows)
+        self._db.execute("DELETE FROM rows WHERE _row IN (SELECT unnest(?))", [rows.tolist()])
+        self._after_change()
+        return len(rows)
+
+    def _append(self, x: np.ndarray, ids: np.ndarray, frame: pl.DataFrame) -> None:
+        rows = np.arange(self._next_row, self._next_row + len(x), dtype=np.int64)
+        table = pl.DataFrame({"_row": rows, "id": ids.tolist()})
+        if frame.width:
+            table = table.hstack(frame)
+        new_cols = [c for c in frame.columns if c not in self._payload_columns()]
+        try:
+            for col in new_cols:  # the first payload (or a later one with new columns) widens the table
+                sql_type = self._db.from_arrow(frame.select(col).head(0).to_arrow()).types[0]
+                self._db.execute(f'ALTER TABLE rows ADD COLUMN "{col}" {sql_type}')
+            self._db.register("_new_rows", table.to_arrow())
+            self._db.execute("INSERT INTO rows BY NAME SELECT * FROM _new_rows")
+            self._db.unregister("_new_rows")
+        except duckdb.Error as err:
+            raise UserError(f"payload does not fit the index's columns: {str(err).splitlines()[0]}") from None
+        self._cpu.add_with_ids(x, rows)
+        self._after_change()
+
+    def _after_change(self) -> None:
+        self.manifest["rows"] = self.ntotal
+        self._searcher = None
+        self._reload_ids()
+
+    # ---- id bookkeeping -----------------------------------------------------------------------
+    def _reload_ids(self) -> None:
+        """Rebuild row -> id lookup and the tombstone set from DuckDB and FAISS."""
+        rows, ids = self._db.execute("SELECT _row, id FROM rows ORDER BY _row").fetchnumpy().values()
+        # rows still in FAISS but not in DuckDB are tombstones (only IDMap kinds that cannot remove)
+        faiss_rows = faiss.vector_to_array(self._cpu.id_map) if hasattr(self._cpu, "id_map") else rows
+        self._next_row = int(max(faiss_rows.max(initial=-1), rows.max(initial=-1)) + 1)
+        is_int = self.manifest["id_type"] == "int"
+        self._ids = np.full(self._next_row, -1 if is_int else None, dtype=np.int64 if is_int else object)
+        self._ids[rows] = ids if is_int else ids.astype(object)
+        self._row_of: dict[Id, int] | None = None
+        self._tombstones = np.setdiff1d(faiss_rows, rows)
+
+    def _id_lookup(self) -> dict[Id, int]:
+        if self._row_of is None:
+            live = np.flatnonzero(self._ids != (-1 if self.manifest["id_type"] == "int" else None))
+            self._row_of = dict(zip(self._ids[live].tolist(), live.tolist()))
+        return self._row_of
+
+    def _known(self, ids: np.ndarray) -> np.ndarray:
+        lookup = self._id_lookup()
+        return np.fromiter((i in lookup for i in ids.tolist()), dtype=bool, count=len(ids))
+
+    def rows_of(self, ids: Iterable[Id]) -> np.ndarray:
+        """Internal row numbers of external ids; unknown ids are a UserError naming them."""
+        lookup = self._id_lookup()
+        ids = list(ids)
+        missing = [i for i in ids if i not in lookup]
+        if missing:
+            raise UserError(f"unknown ids: {', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''}")
+        return np.asarray([lookup[i] for i in ids], dtype=np.int64)
+
+    def ids_of(self, rows: np.ndarray) -> np.ndarray:
+        """External ids of row numbers (same shape); -1 rows map to -1 / None."""
+        out = self._ids[np.where(rows >= 0, rows, 0)]
+        if self.manifest["id_type"] == "int":
+            return np.where(rows >= 0, out, -1)
+        out = out.copy()
+        out[rows < 0] = None
+        return out
+
+    # ---- search -------------------------------------------------------------------------------
+    def _apply_search_params(self) -> None:
+        params = self.manifest.get("search_params", {})
+        inner = inner_index(self._cpu)
+        if isinstance(inner, faiss.IndexIVF):
+            inner.nprobe = int(params.get("nprobe", 16))
+        elif isinstance(inner, faiss.IndexHNSW):
+            inner.hnsw.efSearch = int(params.get("efSearch", 64))
+
+    def _get_searcher(self) -> Searcher:
+        if self._searcher is None:
+            self._searcher = choose_searcher(self._cpu, self.device, self.metric)
+        return self._searcher
+
+    def search_rows(self, queries: Any, k: int = 10, *, where: str | None = None,
+                    exclude: Sequence[Id] | Sequence[Sequence[Id]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw search: (scores, rows), both (Q, k); rows are internal row numbers, -1 where fewer than k.
+
+        `where` is an SQL predicate on payload columns (e.g. "genre = 'Drama'"); `exclude` is one id
+        list for every query or one list per query (e.g. each user's seen items).
+        """
+        if k < 1:
+            raise UserError(f"k must be >= 1, got {k}")
+        q = _as_matrix(queries, self.dim, "queries")
+        if self.metric == "cosine":
+            q = _normalize(q)
+        excluded = self._excluded_rows(exclude, len(q))
+        fetch = k + (excluded[1] if excluded else 0) + len(self._tombstones)
+        fetch = min(fetch, max(self._cpu.ntotal, 1))
+        if where is None:
+            scores, rows = self._get_searcher().search(q, fetch)
+        else:
+            allowed = self._rows_where(where)
+            scores, rows = FaissSearcher(self._cpu).search(q, fetch, allowed=allowed)
+        drop = np.isin(rows, self._tombstones) if len(self._tombstones) else np.zeros(rows.shape, bool)
+        if excluded:
+            keys = (np.arange(len(q))[:, None] * self._next_row + rows)
+            drop |= np.isin(keys, excluded[0]) & (rows >= 0)
+        return _compact(scores, rows, drop, k, self.metric)
+
+    def search(self, queries: Any, k: int = 10, *, where: str | None = None,
+               exclude: Sequence[Id] | Sequence[Sequence[Id]] | None = None,
+               with_payload: bool = True) -> list[list[Hit]]:
+        """Search and join each result with its payload: one list of `Hit` per query, best first."""
+        scores, rows = self.search_rows(queries, k, where=where, exclude=exclude)
+        payload = self.payload_of(np.unique(rows[rows >= 0])) if with_payload else {}
+        ids = self.ids_of(rows)
+        return [
+            [Hit(i, float(s), payload.get(int(r), {})) for i, s, r in zip(ids_q.tolist(), scores_q.tolist(), rows_q) if r >= 0]
+            for ids_q, scores_q, rows_q in zip(ids, scores, rows)
+        ]
+
+    def payload_of(self, rows: np.ndarray) -> dict[int, dict[str, Any]]:
+        """Payload columns of the given rows, keyed by row number (one DuckDB query)."""
+        if not len(rows):
+            return {}
+        cursor = self._db.execute(
+            "SELECT * EXCLUDE (id) FROM rows WHERE _row IN (SELECT unnest(?))", [np.asarray(rows).tolist()])
+        columns = [d[0] for d in cursor.description]
+        return {row[0]: dict(zip(columns[1:], row[1:])) for row in cursor.fetchall()}
+
+    def _rows_where(self, where: str) -> np.ndarray:
+        try:
+            return self._db.execute(f"SELECT _row FROM rows WHERE {where}").fetchnumpy()["_row"].astype(np.int64)
+        except duckdb.Error as err:
+            raise UserError(f"bad filter {where!r}: {str(err).splitlines()[0]}") from None
+
+    def _excluded_rows(self, exclude: Any, n_queries: int) -> tuple[np.ndarray, int] | None:
+        """Encode (query, row) pairs to drop as int keys; returns (keys, longest list) or None."""
+        if exclude is None or len(exclude) == 0:
+            return None
+        per_query = isinstance(exclude[0], (list, tuple, np.ndarray, set))
+        lists = list(exclude) if per_query else [exclude] * n_queries
+        if len(lists) != n_queries:
+            raise UserError(f"{len(lists)} exclusion lists for {n_queries} queries")
+        lookup = self._id_lookup()
+        keys = [q * self._next_row + lookup[i] for q, ids in enumerate(lists) for i in ids if i in lookup]
+        return np.asarray(keys, dtype=np.int64), max(len(ids) for ids in lists)
+
+    # ---- persistence --------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, extras: Mapping[str, Callable[[Path], None]] | None = None) -> Path:
+        """Write the index directory atomically. `extras` maps a name to a function writing it
+        into the new directory (e.g. a BM25 index or the model that encodes queries). Saving over
+        the directory it was loaded from keeps that directory's other files."""
+        path = Path(path)
+        extras = dict(extras or {})
+        with atomic_dir(path) as tmp:
+            faiss.write_index(self._cpu, str(tmp / FAISS_FILE))
+            self._db.execute(f"ATTACH '{tmp / PAYLOAD_FILE}' AS dst")
+            try:
+                self._db.execute("CREATE TABLE dst.rows AS SELECT * FROM rows")
+            finally:
+                self._db.execute("DETACH dst")
+            for name, write in extras.items():
+                write(tmp / name)
+            if self.path is not None and self.path.resolve() == path.resolve():
+                _copy_other_entries(path, tmp, keep=set(extras))
+            manifest = dict(self.manifest, rows=self.ntotal, sha256={
+                FAISS_FILE: sha256_file(tmp / FAISS_FILE), PAYLOAD_FILE: sha256_file(tmp / PAYLOAD_FILE)})
+            atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2, default=str) + "\n")
+        self.manifest, self.path = manifest, path
+        return path
+
+    def info(self) -> dict[str, Any]:
+        """Manifest plus where searches run; what `ragcli index info` prints."""
+        return {**self.manifest, "rows": self.ntotal, "search_device": self.device_info,
+                "payload_columns": self._payload_columns()}
+
+    def _payload_columns(self) -> list[str]:
+        cols = [r[0] for r in self._db.execute("DESCRIBE rows").fetchall()]
+        return [c for c in cols if c not in RESERVED_COLUMNS]
+
+
+def _compact(scores: np.ndarray, rows: np.ndarray, drop: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Move dropped and empty slots to the end of each row (order kept), cut to k, mark empties -1."""
+    drop = drop | (rows < 0)
+    order = np.argsort(drop, axis=1, kind="stable")[:, :k]
+    rows = np.take_along_axis(rows, order, axis=1)
+    scores = np.take_along_axis(scores, order, axis=1)
+    empty = np.take_along_axis(drop, order, axis=1)
+    rows[empty] = -1
+    scores[empty] = np.inf if metric == "l2" else -np.inf
+    if rows.shape[1] < k:
+        pad = k - rows.shape[1]
+        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=np.inf if metric == "l2" else -np.inf)
+    return scores, rows
+
+
+def _copy_other_entries(src: Path, dst: Path, keep: set[str]) -> None:
+    for entry in src.iterdir():
+        if entry.name in {FAISS_FILE, PAYLOAD_FILE, MANIFEST_FILE} | keep:
+            continue
+        target = dst / entry.name
+        shutil.copytree(entry, target) if entry.is_dir() else shutil.copy2(entry, target)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """Read and check an index manifest: present, valid JSON, known format version."""
+    file = Path(path) / MANIFEST_FILE
+    if not Path(path).is_dir():
+        raise UserError(f"no index at {path}")
+    if not file.is_file():
+        raise IndexFormatError(f"{path}: {MANIFEST_FILE} is missing (not an index, or a broken one)")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise IndexFormatError(f"{path}: {MANIFEST_FILE} is not valid JSON ({err})") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(f"{path}: unknown index format version {version!r} (this ragcli reads {FORMAT_VERSION})")
+    for key in ("dim", "metric", "kind", "rows", "id_type"):
+        if key not in manifest:
+            raise IndexFormatError(f"{path}: manifest lacks {key!r}")
+    return manifest

@@ -1,0 +1,36 @@
+"""What a user asks of a corpus family: build an index, or query one. The CLI fills these in; each
+family's `serve.build_index` / `serve.query_index` reads the fields it needs and ignores the rest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class BuildRequest:
+    corpus: str
+    data_dir: Path | None = None
+    encoder: str | None = None
+    model: Path | None = None
+    images: Path | None = None
+    condition: str | None = None
+    kind: str = "flat"
+    metric: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class QueryRequest:
+    text: str | None = None
+    history: list[str] | None = None
+    image: Path | None = None
+    condition: str | None = None
+    k: int = 10
+    skip_unknown: bool = False
+    device: str = "auto"
+    sheet: Path | None = None
+    options: dict[str, Any] = field(default_factory=dict)
