@@ -66,7 +66,7 @@ def factory_string(kind: str, n: int, dim: int) -> str:
         return f"IVF{nlist},Flat"
     if kind == "ivf-pq":
         m = next(m for m in (64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0 and dim // m >= 4 or m == 1)
-        nbits = max(1, min(8, int(math.log2(max(n // 39, 2)))))  # FAISS wants ~39 points per centroid
+        nbits = max(1, min(8, int(math.log2(max(n // 4, 2)))))  # >= 4 training points per code
         return f"IVF{nlist},PQ{m}x{nbits}"
     return kind
 
@@ -237,7 +237,7 @@ class VectorIndex:
     @property
     def ntotal(self) -> int:
         """Live rows (deleted rows excluded)."""
-        return int(self._db.execute("SELECT count(*) FROM rows").fetchone()[0])
+        return int(self._db.execute("SELECT count(*) FROM rows").fetchall()[0][0])
 
     @property
     def encoder(self) -> dict[str, Any]:
