@@ -328,13 +328,14 @@ class VectorIndex:
         return np.asarray([lookup[i] for i in ids], dtype=np.int64)
 
     def ids_of(self, rows: np.ndarray) -> np.ndarray:
-        """External ids of row numbers (same shape); -1 rows map to -1 / None."""
-        out = self._ids[np.where(rows >= 0, rows, 0)]
-        if self.manifest["id_type"] == "int":
-            return np.where(rows >= 0, out, -1)
-        out = out.copy()
-        out[rows < 0] = None
-        return out
+        """External ids of row numbers (same shape); -1 rows map to -1 (int ids) or None (str ids)."""
+        if not len(self._ids):
+            return np.full(np.shape(rows), -1 if self.manifest["id_type"] == "int" else None)
+        ids = self._ids.take(rows, mode="clip")
+        empty = rows < 0
+        if empty.any():
+            ids[empty] = -1 if self.manifest["id_type"] == "int" else None
+        return ids
 
     # ---- search -------------------------------------------------------------------------------
     def _apply_search_params(self) -> None:
@@ -363,18 +364,23 @@ class VectorIndex:
         if self.metric == "cosine":
             q = _normalize(q)
         excluded = self._excluded_rows(exclude, len(q))
-        fetch = k + (excluded[1] if excluded else 0) + len(self._tombstones)
-        fetch = min(fetch, max(self._cpu.ntotal, 1))
+        extra = (excluded[1] if excluded else 0) + len(self._tombstones)  # over-fetch for rows we drop
         if where is None:
-            scores, rows = self._get_searcher().search(q, fetch)
+            scores, rows = self._get_searcher().search(q, k + extra)
         else:
-            allowed = self._rows_where(where)
-            scores, rows = FaissSearcher(self._cpu).search(q, fetch, allowed=allowed)
+            scores, rows = FaissSearcher(self._cpu).search(q, k + extra, allowed=self._rows_where(where))
+        if not extra:
+            return scores, rows
         drop = np.isin(rows, self._tombstones) if len(self._tombstones) else np.zeros(rows.shape, bool)
         if excluded:
-            keys = (np.arange(len(q))[:, None] * self._next_row + rows)
+            keys = np.arange(len(q))[:, None] * self._next_row + rows
             drop |= np.isin(keys, excluded[0]) & (rows >= 0)
         return _compact(scores, rows, drop, k, self.metric)
+
+    def search_ids(self, queries: Any, k: int = 10, **filters: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), both (Q, k), without payload: the fast path. Filters as in `search_rows`."""
+        scores, rows = self.search_rows(queries, k, **filters)
+        return scores, self.ids_of(rows)
 
     def search(self, queries: Any, k: int = 10, *, where: str | None = None,
                exclude: Sequence[Id] | Sequence[Sequence[Id]] | None = None,
@@ -458,10 +464,6 @@ def _compact(scores: np.ndarray, rows: np.ndarray, drop: np.ndarray, k: int, met
     empty = np.take_along_axis(drop, order, axis=1)
     rows[empty] = -1
     scores[empty] = np.inf if metric == "l2" else -np.inf
-    if rows.shape[1] < k:
-        pad = k - rows.shape[1]
-        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
-        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=np.inf if metric == "l2" else -np.inf)
     return scores, rows
 
 
