@@ -166,8 +166,9 @@ def index_list(as_json: bool) -> None:
 @click.option("--skip-unknown", is_flag=True, help="Drop unknown history items instead of failing.")
 @click.option("--sheet", type=click.Path(path_type=Path), help="Write a contact sheet PNG (image indexes).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--shard", is_flag=True, help="Split the index across GPUs instead of replicating it.")
 @json_option
-def index_query(name: str, text: str | None, history: str | None, as_json: bool, **options: Any) -> None:
+def index_query(name: str, text: str | None, history: str | None, shard: bool, as_json: bool, **options: Any) -> None:
     """Query an index with TEXT, --history or --image and print ranked results."""
     from indexes import QueryRequest, VectorIndex, index_path
 
@@ -178,7 +179,7 @@ def index_query(name: str, text: str | None, history: str | None, as_json: bool,
     items = None if history is None else [h.strip() for h in history.split(",") if h.strip()]
     if history is not None and not items:
         raise UserError("--history is empty")
-    idx = VectorIndex.load(index_path(name), device=options["device"])
+    idx = VectorIndex.load(index_path(name), device=options["device"], shard=shard)
     family = idx.encoder.get("family")
     if family not in QUERY_HANDLERS:
         raise UserError(f"index {name!r} was built by an unknown encoder family {family!r}")

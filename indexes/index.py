@@ -136,12 +136,13 @@ class VectorIndex:
     """A searchable set of vectors with ids and payload. Build with `build`, open with `load`."""
 
     def __init__(self, cpu_index: faiss.Index, db: duckdb.DuckDBPyConnection, manifest: dict[str, Any],
-                 path: Path | None = None, device: str = "auto"):
+                 path: Path | None = None, device: str = "auto", shard: bool = False):
         self._cpu = cpu_index
         self._db = db
         self.manifest = manifest
         self.path = path
         self.device = device
+        self.shard = shard
         self._searcher: Searcher | None = None
         self._reload_ids()
         self._apply_search_params()
@@ -198,8 +199,10 @@ class VectorIndex:
         return self
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto") -> VectorIndex:
-        """Open an index directory, verifying its manifest, format version and checksums."""
+    def load(cls, path: str | os.PathLike, device: str = "auto", shard: bool = False) -> VectorIndex:
+        """Open an index directory, verifying its manifest, format version and checksums.
+
+        `device`: auto | cpu | cuda; with several GPUs the index is replicated, or split with `shard`."""
         path = Path(path)
         manifest = read_manifest(path)
         for name, expected in manifest.get("sha256", {}).items():
@@ -220,7 +223,7 @@ class VectorIndex:
             db.execute("DETACH src")
         except duckdb.Error as err:
             raise IndexFormatError(f"{path}: payload store unreadable: {str(err).splitlines()[0]}") from None
-        self = cls(index, db, manifest, path=path, device=device)
+        self = cls(index, db, manifest, path=path, device=device, shard=shard)
         if self.ntotal != manifest["rows"]:
             raise IndexFormatError(f"{path}: {self.ntotal} live rows, manifest says {manifest['rows']}")
         return self
@@ -348,7 +351,7 @@ class VectorIndex:
 
     def _get_searcher(self) -> Searcher:
         if self._searcher is None:
-            self._searcher = choose_searcher(self._cpu, self.device, self.metric)
+            self._searcher = choose_searcher(self._cpu, self.device, self.metric, shard=self.shard)
         return self._searcher
 
     def search_rows(self, queries: Any, k: int = 10, *, where: str | None = None,
@@ -439,7 +442,7 @@ class VectorIndex:
                 write(tmp / name)
             if self.path is not None and self.path.resolve() == path.resolve():
                 _copy_other_entries(path, tmp, keep=set(extras))
-            manifest = dict(self.manifest, rows=self.ntotal, sha256={
+            manifest = dict(self.manifest, rows=self.ntotal, search_device=self.device_info, sha256={
                 FAISS_FILE: sha256_file(tmp / FAISS_FILE), PAYLOAD_FILE: sha256_file(tmp / PAYLOAD_FILE)})
             atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2, default=str) + "\n")
         self.manifest, self.path = manifest, path
