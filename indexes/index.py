@@ -105,6 +105,8 @@ def _ids_array(ids: Sequence[Id], id_type: str | None) -> tuple[np.ndarray, str]
             arr = np.asarray(values, dtype=np.int64)
         except (TypeError, ValueError) as err:
             raise UserError(f"this index has integer ids; got {err}") from None
+        if (arr < 0).any():
+            raise UserError("integer ids must be >= 0")
     else:
         arr = np.asarray([str(v) for v in values], dtype=object)
     if len(np.unique(arr)) != len(arr):

@@ -91,6 +91,10 @@ def test_add_and_remove_reject_bad_ids(vectors):
         idx.remove(["nope"])
     with pytest.raises(UserError, match="unique"):
         VectorIndex.build(vectors[:2], ["a", "a"])
+    with pytest.raises(UserError, match=">= 0"):
+        VectorIndex.build(vectors[:2], [3, -1])
+    with pytest.raises(UserError, match="integer ids"):
+        VectorIndex.build(vectors[:2], [3, 4]).add(vectors[:1], ["x"])
 
 
 def test_filter_on_payload_and_per_query_exclusion(vectors):
