@@ -1,0 +1,50 @@
+"""`ragcli index build --corpus coliee` and `ragcli index query` on the bundled sample, with the real MiniLM."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli import ragcli
+
+
+@pytest.fixture(scope="module")
+def sample_index(tmp_path_factory):
+    path = tmp_path_factory.mktemp("coliee") / "sample-index"
+    result = CliRunner().invoke(ragcli, ["index", "build", "--corpus", "coliee", "--name", str(path), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    return path, json.loads(result.stdout)
+
+
+def test_build_writes_vectors_payload_and_bm25(sample_index):
+    path, info = sample_index
+    assert info["rows"] == 24 and info["dim"] == 384 and info["metric"] == "cosine"
+    assert info["encoder"]["family"] == "retrieval" and info["encoder"]["dense"] == "all-MiniLM-L6-v2"
+    assert {"title", "caption", "headings", "text"} <= set(info["payload_columns"])
+    assert (path / "bm25" / "retriever.json").is_file()
+
+
+def test_query_ranks_the_minors_article_first(sample_index):
+    path, _ = sample_index
+    args = ["index", "query", str(path), "Can a minor cancel a contract made without a guardian's consent?", "-k", "3", "--device", "cpu"]
+    hits = json.loads(CliRunner().invoke(ragcli, [*args, "--json"]).stdout)
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["id"] == "5" and hits[0]["payload"]["title"] == "Article 5 (Contracts by Minors)"
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    text = CliRunner().invoke(ragcli, args).stdout
+    assert "Article 5 (Contracts by Minors)" in text.splitlines()[0]
+
+
+def test_query_of_stop_words_only_still_answers(sample_index):
+    path, _ = sample_index  # BM25 scores nothing; the dense side still ranks
+    result = CliRunner().invoke(ragcli, ["index", "query", str(path), "the of and", "-k", "2", "--json"])
+    assert result.exit_code == 0 and len(json.loads(result.stdout)) == 2
+
+
+def test_build_errors_exit_2_and_write_nothing(tmp_path):
+    out = tmp_path / "never"
+    result = CliRunner().invoke(ragcli, ["index", "build", "--corpus", "coliee", "--data-dir", str(tmp_path / "nope"), "--name", str(out)])
+    assert result.exit_code == 2 and "no COLIEE data folder" in result.output and not out.exists()
+    (tmp_path / "civil_code_en-x.txt").write_text("Part I Nothing here\n", encoding="utf-8")
+    result = CliRunner().invoke(ragcli, ["index", "build", "--corpus", "coliee", "--data-dir", str(tmp_path), "--name", str(out)])
+    assert result.exit_code == 2 and "no articles found" in result.output and not out.exists()
