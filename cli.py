@@ -237,6 +237,24 @@ def embed() -> None:
 # ---- retrieval commands ------------------------------------------------------------------------
 
 # ---- vision commands ---------------------------------------------------------------------------
+@embed.command("images")
+@click.argument("images", type=click.Path(path_type=Path))
+@click.option("--encoder", required=True, help="timm:<model> | hf:<path-or-id> | van_b0 | a saved encoder dir.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Backbone weights (.safetensors file or dir).")
+@click.option("--pooling", type=click.Choice(["default", "mean", "cls", "gem", "attentive"]), default="default",
+              show_default=True, help="default = the model's own pooling.")
+@click.option("--image-size", type=click.IntRange(min=8), help="Input size (timm encoders). Default: the model's.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help=".npy (matrix) or .npz (embeddings + ids).")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@json_option
+def embed_images(images: Path, as_json: bool, **options: Any) -> None:
+    """Embed an image folder, IDX file or NPZ archive with an image encoder."""
+    from vision.embed import embed_images as run
+
+    emit(run(images, **options), as_json, lambda r: (
+        f"wrote {r['images']} x {r['dim']} embeddings to {r['out']} "
+        f"({r['images_per_s']} images/s, {r['encoder']['name']})"))
 
 
 def main() -> None:

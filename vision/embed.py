@@ -1,0 +1,50 @@
+"""Embed an image folder / IDX / NPZ dataset to a .npy matrix or an .npz with ids (`ragcli embed images`)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexes.errors import UserError
+from vision.datasets import load_images
+from vision.encoders import create_encoder
+
+OUT_SUFFIXES = (".npy", ".npz")
+
+
+def embed_images(images: str | Path, out: str | Path, encoder: str, weights: str | Path | None = None,
+                 pooling: str = "default", image_size: int | None = None, batch_size: int = 32,
+                 device: str = "auto") -> dict[str, Any]:
+    """Embed every image under `images` with `encoder` and write the vectors to `out` atomically."""
+    out = Path(out)
+    if out.suffix not in OUT_SUFFIXES:
+        raise UserError(f"--out must end in {' or '.join(OUT_SUFFIXES)}, got {out.name}")
+    dataset = load_images(images)
+    model = create_encoder(encoder, weights=weights, pooling=pooling, image_size=image_size)
+    start = time.perf_counter()
+    vectors = model.embed(dataset.images, batch_size=batch_size, device=device)
+    seconds = time.perf_counter() - start
+    save_vectors(out, vectors, dataset.ids)
+    return {"out": str(out), "images": len(dataset), "dim": model.dim, "seconds": round(seconds, 3),
+            "images_per_s": round(len(dataset) / seconds, 2), "encoder": model.describe()}
+
+
+def save_vectors(out: Path, vectors: np.ndarray, ids: list[str]) -> None:
+    """`.npy`: the matrix; `.npz`: `embeddings` and `ids`. Written to a temp file, then renamed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", suffix=out.suffix, dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if out.suffix == ".npz":
+                np.savez(fh, embeddings=vectors, ids=np.asarray(ids, dtype=str))
+            else:
+                np.save(fh, vectors)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
