@@ -235,6 +235,37 @@ def embed() -> None:
 # ---- recsys commands ---------------------------------------------------------------------------
 
 # ---- retrieval commands ------------------------------------------------------------------------
+@evaluate.command("coliee")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="COLIEE folder. Default: the bundled sample.")
+@click.option("--years", default="R03", show_default=True, help="Test years: R03, H30..R01, R02,R03.")
+@click.option("--model", default="hybrid", show_default=True, help="bm25 | dense | hybrid | a trained model directory.")
+@click.option("--valid-years", help="Tune the set-selection ratio (and hybrid weights) on these years.")
+@click.option("--encoder", help="Sentence encoder of dense/hybrid: local path or hub id. Default: all-MiniLM-L6-v2.")
+@click.option("--rerank", type=click.Path(path_type=Path), help="hybrid: also fuse this trained model's scores.")
+@click.option("--run", type=click.Path(path_type=Path), help="Write a COLIEE/TREC run file: QID Q0 ARTICLE RANK SCORE RUNID.")
+@click.option("--run-id", help="RUNID column of the run file. Default: the model name.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@json_option
+def eval_coliee(years: str, valid_years: str | None, as_json: bool, **options: Any) -> None:
+    """Macro P / R / F2 of the selected article sets (as COLIEE scores them), Recall@N and MAP."""
+    from retrieval.coliee import parse_years
+    from retrieval.evaluate import evaluate_coliee
+
+    result = evaluate_coliee(years=parse_years(years), valid_years=parse_years(valid_years) if valid_years else (), **options)
+    emit(result, as_json, _format_coliee)
+
+
+def _format_coliee(result: dict[str, Any]) -> str:
+    tuned = f"tuned on {','.join(result['valid_years'])}" if result["valid_years"] else "untuned"
+    weights = "  weights " + " ".join(f"{k} {v:.2f}" for k, v in result["weights"].items()) if "weights" in result else ""
+    metrics = result["metrics"]
+    return "\n".join([
+        f"{result['model']} on {','.join(result['years'])} ({result['queries']} queries), {tuned}: ratio {result['ratio']:.2f}{weights}",
+        "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.startswith("Recall@")),
+        "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("Recall@")),
+        *([f"run file {result['run']}"] if "run" in result else []),
+    ])
+
 
 # ---- vision commands ---------------------------------------------------------------------------
 @embed.command("images")

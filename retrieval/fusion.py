@@ -38,9 +38,10 @@ def tune_weights(matrices: Sequence[np.ndarray], objective: Callable[[np.ndarray
     """The grid weights whose fused scores maximise `objective` (e.g. validation F2); ties go to the
     first (BM25-heavy end of the grid). Returns (weights, best objective)."""
     normalized = [normalize(m) for m in matrices]
-    values = [objective(sum(w * m for w, m in zip(weights, normalized))) for weights in weight_grid(len(matrices), step)]
+    grid = weight_grid(len(matrices), step)
+    values = [objective(sum(w * m for w, m in zip(weights, normalized))) for weights in grid]
     best = int(np.argmax(values))
-    return weight_grid(len(matrices), step)[best], float(values[best])
+    return grid[best], float(values[best])
 
 
 class HybridRetriever:
@@ -57,6 +58,10 @@ class HybridRetriever:
         self.retrievers = list(retrievers)
         self.article_ids = list(ids)
         self.weights = np.full(len(retrievers), 1 / len(retrievers)) if weights is None else np.asarray(weights, dtype=np.float64)
+
+    def named_weights(self) -> dict[str, float]:
+        """Each fused retriever's weight, by its name."""
+        return {r.name: float(w) for r, w in zip(self.retrievers, self.weights)}
 
     def matrices(self, queries: Sequence[str]) -> list[np.ndarray]:
         """Each retriever's raw scores (for tuning the weights once, then fusing many times)."""

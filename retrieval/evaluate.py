@@ -1,0 +1,105 @@
+"""COLIEE Task 3 evaluation: macro precision / recall / F2 of the selected sets (per query, then
+averaged, as COLIEE scores them), Recall@N and MAP of the full ranking, and TREC-style run files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexes.errors import UserError
+from indexes.metrics import average_precision, hit_matrix, recall_at_k, set_precision_recall_fbeta
+from indexes.runtime import atomic_write_text, resolve_device
+from retrieval.base import Retriever, ranked_ids
+from retrieval.bm25 import BM25Retriever
+from retrieval.coliee import Article, Query, load_coliee
+from retrieval.dense import DenseRetriever
+from retrieval.fusion import HybridRetriever, fuse, tune_weights
+from retrieval.selection import DEFAULT_RATIO, select, tune_ratio
+
+RECALL_KS = (1, 5, 10, 20, 50)
+BUILTIN_MODELS = ("bm25", "dense", "hybrid")
+
+
+def coliee_metrics(scores: np.ndarray, article_ids: Sequence[str], gold: Sequence[Sequence[str]],
+                   selected: Sequence[Sequence[str]]) -> dict[str, float]:
+    """F2, P, R of the selected sets (macro), Recall@N and MAP of the ranking given by `scores`."""
+    precision, recall, f2 = set_precision_recall_fbeta(selected, gold, beta=2.0)
+    hits, n_relevant = hit_matrix(ranked_ids(scores, article_ids, len(article_ids)), gold)
+    return {
+        "F2": float(f2.mean()), "P": float(precision.mean()), "R": float(recall.mean()),
+        **{f"Recall@{k}": float(recall_at_k(hits, n_relevant, k).mean()) for k in RECALL_KS},
+        "MAP": float(average_precision(hits, n_relevant).mean()),
+    }
+
+
+def run_lines(queries: Sequence[Query], scores: np.ndarray, article_ids: Sequence[str],
+              selected: Sequence[Sequence[str]], run_id: str) -> list[str]:
+    """COLIEE/TREC submission lines `QID Q0 ARTICLE RANK SCORE RUNID` for each selected article."""
+    column = {article_id: j for j, article_id in enumerate(article_ids)}
+    return [f"{q.id} Q0 {a} {rank} {scores[i, column[a]]:.6f} {run_id}"
+            for i, (q, chosen) in enumerate(zip(queries, selected)) for rank, a in enumerate(chosen, 1)]
+
+
+def make_retriever(model: str, articles: Sequence[Article], encoder: str | None = None,
+                   rerank: Path | None = None, device: str = "auto") -> Retriever:
+    """bm25 | dense | hybrid (BM25 + dense, + the `rerank` model's scores) | a trained model directory."""
+    texts, ids = [a.text for a in articles], [a.id for a in articles]
+    device = resolve_device(device)
+    if model == "hybrid":
+        parts = [_builtin(name, texts, ids, encoder, device) for name in ("bm25", "dense")]
+        return HybridRetriever(parts + ([_trained(rerank, articles, device)] if rerank else []))
+    if rerank:
+        raise UserError("--rerank only applies to --model hybrid")
+    if model in BUILTIN_MODELS:
+        return _builtin(model, texts, ids, encoder, device)
+    return _trained(Path(model), articles, device)
+
+
+def _builtin(model: str, texts: list[str], ids: list[str], encoder: str | None, device: str) -> Retriever:
+    return BM25Retriever.build(texts, ids) if model == "bm25" else DenseRetriever.build(texts, ids, encoder, device)
+
+
+def _trained(model_dir: Path, articles: Sequence[Article], device: str) -> Retriever:
+    if not Path(model_dir).is_dir():
+        raise UserError(f"unknown model {str(model_dir)!r}: use {', '.join(BUILTIN_MODELS)} or a trained model directory")
+    from retrieval.models import load_retriever
+
+    return load_retriever(Path(model_dir), list(articles), device)
+
+
+def tune_on(retriever: Retriever, queries: Sequence[Query]) -> float:
+    """Tune on validation queries: a hybrid's fusion weights (for F2; the retriever keeps them),
+    then the selection ratio, which is returned."""
+    texts, gold = [q.text for q in queries], [q.gold for q in queries]
+    ids = retriever.article_ids
+    if not isinstance(retriever, HybridRetriever):
+        return tune_ratio(retriever.scores(texts), ids, gold)[0]
+    matrices = retriever.matrices(texts)
+    retriever.weights, _ = tune_weights(matrices, lambda fused: tune_ratio(fused, ids, gold)[1])
+    return tune_ratio(fuse(matrices, retriever.weights), ids, gold)[0]
+
+
+def evaluate_coliee(data_dir: Path | None, years: Sequence[str], model: str = "hybrid",
+                    valid_years: Sequence[str] = (), encoder: str | None = None, rerank: Path | None = None,
+                    device: str = "auto", run: Path | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """Score the queries of `years`, tuning on `valid_years` if given (else the 0.9 ratio and equal
+    weights); optionally write the run file. Returns the settings and the metrics."""
+    data = load_coliee(data_dir)
+    test = data.queries(years)
+    valid = data.queries(valid_years) if valid_years else []
+    retriever = make_retriever(model, data.articles, encoder, rerank, device)
+    ratio = tune_on(retriever, valid) if valid else DEFAULT_RATIO
+    scores = retriever.scores([q.text for q in test])
+    selected = select(scores, retriever.article_ids, ratio)
+    if run is not None:
+        lines = run_lines(test, scores, retriever.article_ids, selected, run_id or retriever.name)
+        atomic_write_text(run, "\n".join(lines) + "\n")
+    return {
+        "model": retriever.name, "years": list(years), "valid_years": list(valid_years), "queries": len(test),
+        "ratio": ratio, **({"weights": retriever.named_weights()} if isinstance(retriever, HybridRetriever) else {}),
+        "metrics": coliee_metrics(scores, retriever.article_ids, [q.gold for q in test], selected),
+        **({"run": str(run)} if run is not None else {}),
+    }
