@@ -277,3 +277,26 @@ def test_cli_embed_images_bad_input_exits_2_and_writes_nothing(tmp_path, case):
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ")
     assert not out.exists() and not list(tmp_path.glob(".vecs*"))
+
+
+def test_fit_pooling_trains_the_attentive_head_on_frozen_backbone(tmp_path):
+    """Which half holds the bright square: a frozen random VAN keeps where things are, the probe learns it."""
+    from vision.probing import fit_pooling
+
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for i in range(32):
+        pixels = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+        side = i % 2
+        pixels[8:16, 2 + 18 * side:12 + 18 * side] = 255
+        images.append(Image.fromarray(pixels))
+        labels.append(["left", "right"][side])
+    torch.manual_seed(0)
+    encoder = create_encoder("van_b0", pooling="attentive", image_size=32)
+    frozen = {k: v.clone() for k, v in encoder.backbone.state_dict().items()}
+    report = fit_pooling(encoder, images, labels, epochs=40, batch_size=16, device="cpu")
+    assert report["classes"] == ["left", "right"]
+    assert report["losses"][-1] < 0.5 * report["losses"][0]
+    assert all(torch.equal(v, encoder.backbone.state_dict()[k]) for k, v in frozen.items())
+    with pytest.raises(UserError, match="nothing to train"):
+        fit_pooling(create_encoder("van_b0", image_size=32), images, labels)

@@ -10,7 +10,7 @@ reloads to give identical embeddings.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +48,16 @@ class TimmBackbone(nn.Module):
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([self.transform(image.convert("RGB")) for image in images])
 
-    def forward(self, pixels: torch.Tensor, pool: nn.Module | None = None) -> torch.Tensor:
-        features = self.model.forward_features(pixels)
-        if pool is None:
-            return self.model.forward_head(features, pre_logits=True)
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(pixels)
+
+    def pooled(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(features, pre_logits=True)
+
+    def tokens(self, features: torch.Tensor) -> torch.Tensor:
         if features.ndim == 4:  # a feature map: its positions are the tokens
-            features = features.flatten(1, 2) if self.channels_last else features.flatten(2).transpose(1, 2)
-        return pool(features)
+            return features.flatten(1, 2) if self.channels_last else features.flatten(2).transpose(1, 2)
+        return features
 
 
 class HFBackbone(nn.Module):
@@ -77,12 +80,15 @@ class HFBackbone(nn.Module):
         rgb = [image.convert("RGB") for image in images]
         return self.processor(images=rgb, return_tensors="pt")["pixel_values"]
 
-    def forward(self, pixels: torch.Tensor, pool: nn.Module | None = None) -> torch.Tensor:
-        out = self.model(pixel_values=pixels)
-        if pool is not None:
-            return pool(out.last_hidden_state)
-        pooled = getattr(out, "pooler_output", None)
-        return pooled if pooled is not None else out.last_hidden_state[:, 0]
+    def forward(self, pixels: torch.Tensor) -> Any:
+        return self.model(pixel_values=pixels)
+
+    def pooled(self, features: Any) -> torch.Tensor:
+        pooled = getattr(features, "pooler_output", None)
+        return pooled if pooled is not None else features.last_hidden_state[:, 0]
+
+    def tokens(self, features: Any) -> torch.Tensor:
+        return features.last_hidden_state
 
 
 class ImageEncoder(nn.Module):
@@ -105,23 +111,35 @@ class ImageEncoder(nn.Module):
         return self.backbone.preprocess(images)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.backbone(pixels, self.pool)
+        features = self.backbone(pixels)
+        return self.backbone.pooled(features) if self.pool is None else self.pool(self.backbone.tokens(features))
 
-    @torch.inference_mode()
+    def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The backbone's (B, N, C) tokens, prefix tokens first: what pooling heads read."""
+        return self.backbone.tokens(self.backbone(pixels))
+
     def embed(self, images: Sequence[Image.Image], batch_size: int = 32, device: str = "auto") -> np.ndarray:
         """Embed images in batches (progress bar in images/s) -> (N, dim) float32."""
+        batches = [b.numpy() for b in self.map_batches(self, images, batch_size, device)]
+        return np.concatenate(batches) if batches else np.empty((0, self.dim), dtype=np.float32)
+
+    @torch.inference_mode()
+    def map_batches(self, fn: Callable[[torch.Tensor], torch.Tensor], images: Sequence[Image.Image],
+                    batch_size: int = 32, device: str = "auto") -> Iterator[torch.Tensor]:
+        """Yield `fn(pixels)` (float32, on the CPU) for consecutive batches of `images`, with a progress bar.
+
+        Runs in eval mode on `device`, under bf16 autocast on CUDA.
+        """
         if batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {batch_size}")
         dev = resolve_device(device)
         self.to(dev).eval()
-        out = np.empty((len(images), self.dim), dtype=np.float32)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.startswith("cuda"))
         with progress(total=len(images), desc=f"embedding ({self.name})", unit="img") as bar, autocast:
             for start in range(0, len(images), batch_size):
                 batch = images[start:start + batch_size]
-                out[start:start + len(batch)] = self(self.preprocess(batch).to(dev)).float().cpu().numpy()
+                yield fn(self.preprocess(batch).to(dev)).float().cpu()
                 bar.update(len(batch))
-        return out
 
     def describe(self) -> dict[str, Any]:
         """JSON-able settings that re-create this encoder (for index manifests and config.json)."""
