@@ -96,9 +96,11 @@ def test_npz_arrays_with_factors_and_ids(tmp_path):
 
 
 def test_npz_single_unnamed_array_and_bad_arrays(tmp_path):
-    np.savez(tmp_path / "x.npz", x_train=np.zeros((2, 5, 5, 1), dtype=np.uint8), y_train=np.array([3, 4]))
+    np.savez(tmp_path / "x.npz", x_train=np.zeros((2, 5, 5, 1), dtype=np.uint8), y_train=np.array([3, 4]),
+             id=np.array([10, 11]))
     data = load_images(tmp_path / "x.npz")
-    assert data.labels["y_train"].to_list() == [3, 4] and data.images[0].size == (5, 5)
+    assert data.labels.to_dicts() == [{"id": "10", "y_train": 3}, {"id": "11", "y_train": 4}]
+    assert data.images[0].size == (5, 5)
     np.savez(tmp_path / "bad.npz", images=np.full((2, 3, 3), 300, dtype=np.int32))
     with pytest.raises(UserError, match="uint8"):
         load_images(tmp_path / "bad.npz")

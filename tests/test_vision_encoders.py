@@ -171,6 +171,8 @@ def test_saved_and_reloaded_encoder_gives_identical_embeddings(tmp_path, make):
     for reloaded in (ImageEncoder.from_pretrained(tmp_path / "saved"), create_encoder(str(tmp_path / "saved"))):
         np.testing.assert_array_equal(reloaded.embed(_images(3), batch_size=2), before)
         assert reloaded.describe() == encoder.describe()
+    with pytest.raises(UserError, match="saved encoder"):
+        create_encoder(str(tmp_path / "saved"), pooling="mean")
 
 
 # ---- pooling ---------------------------------------------------------------------------------

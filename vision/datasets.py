@@ -131,7 +131,8 @@ def _read_label_csv(path: Path, ids: list[str]) -> pl.DataFrame:
 
 
 def _load_npz(path: Path) -> ImageSet:
-    """`images` (or the only array with >= 3 dims) plus 1-D arrays of the same length as label columns."""
+    """`images` (or the only array with >= 3 dims), optional `ids` (or `id`), and 1-D arrays of the same
+    length as label columns."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
@@ -142,7 +143,8 @@ def _load_npz(path: Path) -> ImageSet:
         raise UserError(f"{path}: needs an 'images' array (N, H, W[, C]); found {sorted(arrays)}")
     images = arrays.pop(candidates[0])
     n = len(images)
-    ids = [str(i) for i in arrays.pop("ids")] if "ids" in arrays else [str(i) for i in range(n)]
+    id_key = next((k for k in ("ids", "id") if k in arrays), None)
+    ids = [str(i) for i in (arrays.pop(id_key) if id_key else range(n))]
     if len(ids) != n:
         raise UserError(f"{path}: {len(ids)} ids for {n} images")
     columns = {k: a for k, a in arrays.items() if a.ndim == 1 and len(a) == n}

@@ -181,6 +181,8 @@ def create_encoder(spec: str, weights: str | Path | None = None, pooling: str = 
     embeddings), `evit_keep_rate` / `evit_layers` (EViT token reorganisation on a ViT), any timm kwarg.
     """
     if is_saved_encoder(spec):
+        if weights is not None or pooling != "default" or image_size is not None or model_kwargs:
+            raise UserError(f"{spec} is a saved encoder: it carries its own weights and settings")
         return ImageEncoder.from_pretrained(spec)
     kind, source = parse_spec(spec)
     backbone = _BUILDERS[kind](source, weights, image_size, dict(model_kwargs))
