@@ -287,6 +287,72 @@ def embed_images(images: Path, as_json: bool, **options: Any) -> None:
         f"wrote {r['images']} x {r['dim']} embeddings to {r['out']} "
         f"({r['images_per_s']} images/s, {r['encoder']['name']})"))
 
+@data.command("make-conditional")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset directory to write.")
+@click.option("--n", type=click.IntRange(min=2), default=2000, show_default=True, help="Images in all (train + test).")
+@click.option("--size", type=click.IntRange(min=16), default=64, show_default=True, help="Image side in pixels.")
+@click.option("--test-fraction", type=float, default=0.2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing directory.")
+@json_option
+def data_make_conditional(out: Path, overwrite: bool, as_json: bool, **options: Any) -> None:
+    """Generate the conditional image benchmark (shape, colour, size, position, background)."""
+    from vision.synthetic import generate_dataset
+
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    emit(generate_dataset(out, **options), as_json,
+         lambda r: f"wrote {r['path']}: " + ", ".join(f"{k} {v} images" for k, v in r["splits"].items()))
+
+
+@train.command("focallens")
+@click.option("--data", required=True, help="A dataset directory (from `data make-conditional`, or images with labels), or 'generated'.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@click.option("--unconditional", is_flag=True, help="Train the unconditional baseline (same network and loop, no instruction).")
+@click.option("--epochs", type=click.IntRange(min=1), default=24, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=8), default=32, show_default=True)
+@click.option("--patch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--embed-dim", type=click.IntRange(min=8), default=64, show_default=True)
+@click.option("--depth", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--heads", "num_heads", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--text-encoder", default=None, help="Instruction encoder: a sentence-transformers name/path or hf:<CLIP>. Default: all-MiniLM-L6-v2.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@json_option
+def train_focallens_command(data: str, out: Path, as_json: bool, **options: Any) -> None:
+    """Train FocalLens on (image, instruction, answer) triples and save it (safetensors + config)."""
+    from vision.train_focallens import train_from_data
+
+    emit(train_from_data(data, out, **options), as_json,
+         lambda r: f"trained {r['model']} ({r['steps']} steps, {r['seconds']} s), loss {r['loss'][0]:.4f} -> {r['loss'][-1]:.4f}; saved to {r['path']}")
+
+
+@evaluate.command("images")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="A labelled image dataset (a split directory or a `data make-conditional` folder).")
+@click.option("--split", default="test", show_default=True, help="Split to evaluate when --data has splits.")
+@click.option("--encoder", help="Encoder spec (timm:NAME, hf:PATH, ...) for an unconditional encoder.")
+@click.option("--model", type=click.Path(path_type=Path), help="A FocalLens model directory.")
+@click.option("--condition", "conditions", multiple=True,
+              help="FACTOR or FACTOR=INSTRUCTION, repeatable; relevance = same FACTOR value. Default: every factor.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@json_option
+def eval_images(as_json: bool, **options: Any) -> None:
+    """Recall@K, Precision@K and mAP@R per condition and averaged."""
+    from vision.evaluate import evaluate_images
+
+    emit(evaluate_images(**options), as_json, _format_image_metrics)
+
+
+def _format_image_metrics(results: dict[str, dict[str, float]]) -> str:
+    names = list(results["mean"])
+    rows = [f"{'condition':<14}" + "".join(f"{m:>9}" for m in names)]
+    rows += [f"{c:<14}" + "".join(f"{r[m]:9.4f}" for m in names) for c, r in results.items()]
+    return "\n".join(rows)
+
+
 
 def main() -> None:
     """Console entry point."""

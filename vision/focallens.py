@@ -1,0 +1,204 @@
+"""FocalLens (FocalLens-CLIP style): a ViT whose token sequence also carries condition tokens made from
+an encoded instruction, so one image gets a different embedding per instruction.
+
+The instruction is embedded by a frozen text encoder (all-MiniLM-L6-v2 by default, or the text tower of
+an `hf:` CLIP), projected into a few tokens appended after the patch and position embeddings, and the
+pooled class token is projected into the text-embedding space, where training aligns it with the
+embedding of the instruction's answer. With `conditional=False` the same network ignores instructions:
+the unconditional baseline trained by the same loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE
+from PIL import Image
+from safetensors.torch import load_model
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from indexes.errors import UserError
+from indexes.runtime import progress, resolve_device
+from retrieval.text_encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
+
+
+class TextTower:
+    """A frozen instruction encoder: a sentence-transformers model, or an `hf:` CLIP's text tower."""
+
+    def __init__(self, spec: str, device: str = "cpu"):
+        self.spec, self.device = spec, device
+        if spec.startswith("hf:"):
+            from transformers import AutoTokenizer, CLIPTextModelWithProjection
+
+            self.tokenizer = AutoTokenizer.from_pretrained(spec[3:])
+            self.model = CLIPTextModelWithProjection.from_pretrained(spec[3:]).to(device).eval()
+        else:
+            self.model = load_text_encoder(spec, device)
+
+    @property
+    def dim(self) -> int:
+        if self.spec.startswith("hf:"):
+            return int(self.model.config.projection_dim)
+        return int(self.model.get_embedding_dimension())
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """(len(texts), dim) unit-norm float32 embeddings on CPU."""
+        if self.spec.startswith("hf:"):
+            tokens = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)
+            out = self.model(**tokens).text_embeds
+        else:
+            out = self.model.encode(list(texts), convert_to_tensor=True, show_progress_bar=False)
+        return F.normalize(out.float(), dim=-1).cpu()
+
+
+@lru_cache(maxsize=4)
+def text_tower(spec: str, device: str = "cpu") -> TextTower:
+    """A cached `TextTower` per spec and device (the weights are frozen and shared)."""
+    return TextTower(spec, device)
+
+
+def conv_stem_layers(patch_size: int, embed_dim: int) -> nn.Sequential:
+    """A convolutional patch embedding of the same stride ("Early Convolutions Help Transformers See
+    Better", Xiao et al. 2021): stride-2 3x3 convs, widening to `embed_dim`, then a 1x1 projection."""
+    if patch_size & (patch_size - 1):
+        raise UserError(f"a conv stem needs a power-of-two patch size, got {patch_size}")
+    layers, width = [], 3
+    for i in range(patch_size.bit_length() - 1):
+        out = embed_dim // 2 ** (patch_size.bit_length() - 2 - i)
+        layers += [nn.Conv2d(width, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        width = out
+    return nn.Sequential(*layers, nn.Conv2d(width, embed_dim, 1))
+
+
+class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["focallens", "image-feature-extraction"]):
+    """Conditional image encoder: `forward(pixels, instruction_embeddings)` -> unit vectors in text space."""
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        patch_size: int = 4,
+        embed_dim: int = 128,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        text_dim: int = 384,
+        condition_tokens: int = 4,
+        conv_stem: bool = True,
+        conditional: bool = True,
+        text_encoder: str = DEFAULT_TEXT_ENCODER,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+    ):
+        super().__init__()
+        self.image_size, self.conditional, self.text_encoder = image_size, conditional, text_encoder
+        self.vit = VisionTransformer(img_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                                     num_heads=num_heads, mlp_ratio=mlp_ratio, num_classes=0, global_pool="token")
+        if conv_stem:
+            self.vit.patch_embed.proj = conv_stem_layers(patch_size, embed_dim)
+        self.condition = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, condition_tokens * embed_dim)) if conditional else None
+        self.condition_pos = nn.Parameter(torch.zeros(1, condition_tokens, embed_dim)) if conditional else None
+        self.proj = nn.Linear(embed_dim, text_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def dim(self) -> int:
+        return self.proj.out_features
+
+    @property
+    def name(self) -> str:
+        return "focallens" if self.conditional else "focallens-unconditional"
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> normalised float pixels."""
+        return (images.float() / 255 - self.mean) / self.std
+
+    def forward(self, pixels: torch.Tensor, instructions: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit-norm (B, text_dim) embeddings of normalised pixels under (B, text_dim) instruction embeddings."""
+        x = self.vit.patch_drop(self.vit._pos_embed(self.vit.patch_embed(pixels)))
+        if self.conditional:
+            if instructions is None:
+                raise UserError("this FocalLens model is conditional: give an instruction")
+            tokens = self.condition(instructions).view(len(x), *self.condition_pos.shape[1:]) + self.condition_pos
+            x = torch.cat([x, tokens.to(x.dtype)], dim=1)  # after the class token, so token pooling is unchanged
+        x = self.vit.norm(self.vit.blocks(self.vit.norm_pre(x)))
+        return F.normalize(self.proj(self.vit.forward_head(x, pre_logits=True)), dim=-1)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images -> uint8 (B, 3, S, S) at the model's resolution (bicubic resize, RGB)."""
+        size = (self.image_size, self.image_size)
+        arrays = [np.asarray(im.convert("RGB").resize(size, Image.BICUBIC)) for im in images]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    def to_pixels(self, images: Sequence[Image.Image] | np.ndarray) -> torch.Tensor:
+        """uint8 (B, 3, S, S) from PIL images or a uint8 (B, H, W[, 3]) array (resized when H, W != S)."""
+        if not isinstance(images, np.ndarray):
+            return self.preprocess(images)
+        if images.ndim == 3:  # grayscale
+            images = np.repeat(images[..., None], 3, axis=-1)
+        pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        if pixels.shape[-2:] != (self.image_size, self.image_size):
+            resized = F.interpolate(pixels.float(), size=(self.image_size, self.image_size), mode="bicubic", antialias=True)
+            pixels = resized.round().clamp(0, 255).to(torch.uint8)
+        return pixels
+
+    def encode_instruction(self, condition: str | None, device: str = "cpu") -> torch.Tensor | None:
+        """The (1, text_dim) embedding of `condition` (None for an unconditional model)."""
+        if not self.conditional:
+            return None
+        if condition is None or not condition.strip():
+            raise UserError("FocalLens needs a non-empty --condition (e.g. 'focus on the colour')")
+        return text_tower(self.text_encoder, device).encode([condition.strip()])
+
+    @torch.no_grad()
+    def embed(self, images: Sequence[Image.Image] | np.ndarray, condition: str | None = None,
+              batch_size: int = 64, device: str = "auto") -> np.ndarray:
+        """(N, dim) float32 embeddings of PIL images or a uint8 (N, H, W, 3) array under `condition`."""
+        device = resolve_device(device)
+        self.to(device).eval()
+        instruction = self.encode_instruction(condition)
+        out = []
+        for start in progress(range(0, len(images), batch_size), desc="embed", unit="batch"):
+            pixels = self.normalize(self.to_pixels(images[start:start + batch_size]).to(device))
+            cond = None if instruction is None else instruction.to(device).expand(len(pixels), -1)
+            out.append(self(pixels, cond).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None = None, cache_dir: str | Path | None = None,
+                         force_download: bool = False, local_files_only: bool = False, token: str | bool | None = None,
+                         map_location: str = "cpu", strict: bool = True, **model_kwargs) -> FocalLens:
+        """Strict safetensors loading from a directory or the hub (the mixin's own is lenient and prints)."""
+        if Path(model_id).is_dir():
+            weights = str(Path(model_id) / SAFETENSORS_SINGLE_FILE)
+        else:
+            weights = hf_hub_download(model_id, SAFETENSORS_SINGLE_FILE, revision=revision, cache_dir=cache_dir,
+                                      force_download=force_download, local_files_only=local_files_only, token=token)
+        model_kwargs.pop("config", None)  # the mixin also passes the raw config.json; its values are already here
+        model = cls(**model_kwargs)
+        load_model(model, weights, strict=strict, device=map_location)
+        return model
+
+    def describe(self) -> dict:
+        """What the index manifest records about this encoder."""
+        return {"name": self.name, "dim": self.dim, "image_size": self.image_size, "text_encoder": self.text_encoder}
+
+
+def load_focallens(path: str | Path) -> FocalLens:
+    """A FocalLens model directory (config.json + model.safetensors); never downloads."""
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise UserError(f"{path} is not a FocalLens model directory (needs config.json and model.safetensors)")
+    try:
+        return FocalLens.from_pretrained(path)
+    except (OSError, ValueError, TypeError, RuntimeError) as err:
+        raise UserError(f"cannot load FocalLens from {path}: {str(err).splitlines()[0]}") from None

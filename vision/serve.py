@@ -1,0 +1,118 @@
+"""Image indexes: `--corpus images` builds one from an image dataset with an encoder spec or a FocalLens
+model (under a condition), and an image query finds its neighbours, optionally as a contact sheet.
+
+The encoder is saved inside the index directory (`model/`), so a query re-creates exactly the encoder
+that embedded the corpus, random-init weights included.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from PIL import Image
+
+from indexes import BuildRequest, Hit, QueryRequest, VectorIndex
+from indexes.errors import UserError
+from vision.datasets import ImageFiles, ImageSet, load_images
+from vision.sheet import write_contact_sheet
+
+MODEL_DIR = "model"
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Decode one image file; a missing or unreadable file is a UserError naming it."""
+    return ImageFiles([Path(path)])[0]
+
+
+def _clean_condition(condition: str | None) -> str | None:
+    if condition is not None and not condition.strip():
+        raise UserError("the condition is empty; give an instruction such as 'focus on the colour'")
+    return None if condition is None else condition.strip()
+
+
+def _load_encoder(kind: str, source: str | Path) -> Any:
+    """A FocalLens model ('focallens') or an ImageEncoder ('encoder') from a spec or saved directory."""
+    if kind == "focallens":
+        from vision.focallens import load_focallens
+
+        return load_focallens(source)
+    from vision.encoders import create_encoder
+
+    return create_encoder(str(source))
+
+
+def _embed(encoder: Any, images: Any, condition: str | None, device: str, batch_size: int = 64) -> np.ndarray:
+    """One call for both encoder kinds: FocalLens also takes the condition."""
+    from vision.focallens import FocalLens
+
+    if isinstance(encoder, FocalLens):
+        return encoder.embed(images, condition, batch_size=batch_size, device=device)
+    return encoder.embed(images, batch_size=batch_size, device=device)
+
+
+def build_index(request: BuildRequest, out: Path) -> VectorIndex:
+    """Embed every image under `request.images` and save the index (with its encoder) to `out`."""
+    if request.images is None:
+        raise UserError("--corpus images needs --images DIR")
+    if (request.encoder is None) == (request.model is None):
+        raise UserError("give exactly one of --encoder SPEC or --model DIR")
+    condition = _clean_condition(request.condition)
+    kind, source = ("focallens", request.model) if request.model is not None else ("encoder", request.encoder)
+    encoder = _load_encoder(kind, source)
+    if kind == "focallens" and encoder.conditional and condition is None:
+        raise UserError("a FocalLens model needs --condition (e.g. 'focus on the colour')")
+    if kind == "encoder" and condition is not None:
+        raise UserError("--condition needs a FocalLens --model; an --encoder embeds images unconditionally")
+    corpus = load_images(request.images)
+    vectors = _embed(encoder, corpus.images, condition, request.device)
+    index = VectorIndex.build(
+        vectors, corpus.ids, _payload(corpus, Path(request.images).resolve()), kind=request.kind, metric=request.metric or "cosine", device=request.device,
+        encoder={"family": "vision", "kind": kind, **encoder.describe(), "condition": condition,
+                 "model_dir": MODEL_DIR, "images": str(Path(request.images).resolve())},
+    )
+    index.save(out, extras={MODEL_DIR: encoder.save_pretrained})
+    return index
+
+
+def query_index(index: VectorIndex, request: QueryRequest) -> list[Hit]:
+    """Embed `request.image` (under the index's condition) and return its k nearest images."""
+    if request.image is None:
+        raise UserError("an image index is queried with --image PATH")
+    info = index.encoder
+    condition = _clean_condition(request.condition)
+    built_with = info.get("condition")
+    if condition is not None and condition != built_with:
+        raise UserError(f"this index was built under the condition {built_with!r}; "
+                        "build another index for a different condition")
+    if index.path is None:
+        raise UserError("the index has no directory to load its encoder from")
+    query = open_image(request.image)
+    encoder = _load_encoder(info.get("kind", "encoder"), index.path / info.get("model_dir", MODEL_DIR))
+    hits = index.search(_embed(encoder, [query], built_with, request.device), k=request.k)[0]
+    if request.sheet is not None:
+        neighbours = [(_hit_image(hit), str(hit.id), hit.score) for hit in hits]
+        write_contact_sheet(request.sheet, query, neighbours, title=built_with or Path(request.image).name)
+    return hits
+
+
+def _payload(corpus: ImageSet, source: Path) -> pl.DataFrame:
+    """Labels plus where each image's pixels are: its file (`path`), or its `row` in the archive `path`."""
+    labels = corpus.labels.drop("id")
+    if corpus.paths is not None:
+        return labels.with_columns(path=pl.Series([str(p.resolve()) for p in corpus.paths]))
+    return labels.with_columns(path=pl.lit(str(source)), row=pl.Series(range(len(corpus)), dtype=pl.Int64))
+
+
+@lru_cache(maxsize=2)
+def _archive(path: str) -> ImageSet:
+    return load_images(path)
+
+
+def _hit_image(hit: Hit) -> Image.Image:
+    """A neighbour's pixels, from the file or archive row its payload names."""
+    row = hit.payload.get("row")
+    return open_image(hit.payload["path"]) if row is None else _archive(hit.payload["path"]).images[int(row)]

@@ -1,0 +1,62 @@
+"""Contact sheets: the query image, then its neighbours left to right, each captioned with id and score,
+because people would rather look at retrieval results than read them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+CAPTION_HEIGHT = 28
+GAP = 6
+
+
+def contact_sheet(
+    query: Image.Image,
+    neighbours: Sequence[tuple[Image.Image, str, float]],
+    title: str = "query",
+    thumb: int = 128,
+) -> Image.Image:
+    """One row: `query` then each (image, id, score) neighbour, scaled to `thumb` px and captioned."""
+    font = ImageFont.load_default()
+    tiles = [(query, title, "")] + [(im, str(i), f"{score:.3f}") for im, i, score in neighbours]
+    sheet = Image.new("RGB", (len(tiles) * (thumb + GAP) + GAP, thumb + CAPTION_HEIGHT + 2 * GAP), "white")
+    draw = ImageDraw.Draw(sheet)
+    for col, (image, line1, line2) in enumerate(tiles):
+        x = GAP + col * (thumb + GAP)
+        sheet.paste(_fit(image, thumb), (x, GAP))
+        if col == 0:
+            draw.rectangle([x - 2, GAP - 2, x + thumb + 1, GAP + thumb + 1], outline="black", width=2)
+        draw.text((x, GAP + thumb + 3), _clip(line1, draw, font, thumb), fill="black", font=font)
+        draw.text((x, GAP + thumb + 15), line2, fill="dimgray", font=font)
+    return sheet
+
+
+def write_contact_sheet(path: str | Path, query: Image.Image, neighbours: Sequence[tuple[Image.Image, str, float]],
+                        title: str = "query", thumb: int = 128) -> Path:
+    """Render `contact_sheet` and save it as PNG at `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    contact_sheet(query, neighbours, title, thumb).save(path, format="PNG")
+    return path
+
+
+def _fit(image: Image.Image, size: int) -> Image.Image:
+    """Scale to fit a `size` square (nearest-neighbour when enlarging, so small images stay crisp), centred."""
+    image = image.convert("RGB")
+    scale = size / max(image.size)
+    resample = Image.NEAREST if scale > 1 else Image.BICUBIC
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample)
+    tile = Image.new("RGB", (size, size), "white")
+    tile.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
+    return tile
+
+
+def _clip(text: str, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, width: int) -> str:
+    """Shorten `text` with a trailing "..." until it fits `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."

@@ -1,0 +1,152 @@
+"""A conditional image retrieval benchmark: images drawn from independent factors (shape, colour, size,
+position, background), each factor with several instruction phrasings and answer strings.
+
+The same image is relevant to different neighbours depending on the factor an instruction asks about,
+which is what FocalLens embeddings must capture. Everything is vectorised NumPy and deterministic by seed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from PIL import Image
+
+from indexes.errors import UserError
+from indexes.runtime import atomic_dir
+from vision.datasets import ImageArray, load_images
+
+FACTORS: dict[str, tuple[str, ...]] = {
+    "shape": ("circle", "square", "triangle", "cross"),
+    "colour": ("red", "green", "blue", "yellow", "magenta"),
+    "size": ("small", "large"),
+    "position": ("top left", "top right", "bottom left", "bottom right"),
+    "background": ("plain", "stripes", "checks"),
+}
+PHRASINGS: dict[str, tuple[str, ...]] = {
+    "shape": ("focus on the shape", "what shape is the object?", "which shape is drawn?", "describe the object's outline"),
+    "colour": ("focus on the colour", "what colour is the object?", "which colour is the shape painted?", "name the object's hue"),
+    "size": ("focus on the size", "how big is the object?", "is the shape small or large?", "what size is the object?"),
+    "position": ("focus on the position", "where is the object?", "which corner is the shape in?", "locate the object in the frame"),
+    "background": ("focus on the background", "what pattern is behind the object?", "describe the backdrop", "which texture fills the background?"),
+}
+_RGB = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40), "magenta": (210, 50, 200)}
+_RADIUS = {"small": 0.13, "large": 0.22}  # half-extent of the object, as a fraction of the image side
+_CENTRE = {"top left": (0.27, 0.27), "top right": (0.73, 0.27), "bottom left": (0.27, 0.73), "bottom right": (0.73, 0.73)}
+CONDITIONS_FILE = "conditions.json"
+
+
+@dataclass(frozen=True)
+class ConditionalSet:
+    """Images (a uint8 (N, H, W[, 3]) array, or PIL images) with one label column per factor, and the
+    instructions per factor."""
+
+    images: np.ndarray | Sequence[Image.Image]
+    labels: pl.DataFrame
+    phrasings: dict[str, tuple[str, ...]]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def triples(self) -> pl.DataFrame:
+        """Every (image, instruction, answer) triple, with the factor each instruction asks about."""
+        frames = [
+            pl.DataFrame({"image": np.arange(len(self)), "answer": self.labels[factor].cast(pl.Utf8)})
+            .join(pl.DataFrame({"instruction": list(texts)}), how="cross")
+            .with_columns(factor=pl.lit(factor))
+            for factor, texts in self.phrasings.items()
+        ]
+        return pl.concat(frames).select("image", "factor", "instruction", "answer")
+
+
+def render(labels: pl.DataFrame, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw one image per label row: a coloured shape over a grey background pattern, lightly jittered."""
+    n = len(labels)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    background = {
+        "plain": np.full((size, size), 0.5, np.float32),
+        "stripes": np.where((y * 8).astype(int) % 2 == 0, 0.32, 0.68).astype(np.float32),
+        "checks": np.where(((y * 6).astype(int) + (x * 6).astype(int)) % 2 == 0, 0.32, 0.68).astype(np.float32),
+    }
+    canvas = np.stack([background[b] for b in labels["background"]])[..., None].repeat(3, axis=-1)
+    centres = np.array([_CENTRE[p] for p in labels["position"]], np.float32) + rng.uniform(-0.04, 0.04, (n, 2))
+    radius = np.array([_RADIUS[s] for s in labels["size"]], np.float32) * rng.uniform(0.9, 1.1, n)
+    dx = (x[None] - centres[:, 0, None, None]) / radius[:, None, None]
+    dy = (y[None] - centres[:, 1, None, None]) / radius[:, None, None]
+    masks = {
+        "circle": dx**2 + dy**2 <= 1.0,
+        "square": (np.abs(dx) <= 0.85) & (np.abs(dy) <= 0.85),
+        "triangle": (dy >= -1.0) & (dy <= 0.8) & (np.abs(dx) <= (dy + 1.0) * 0.6),
+        "cross": ((np.abs(dx) <= 0.33) & (np.abs(dy) <= 1.0)) | ((np.abs(dy) <= 0.33) & (np.abs(dx) <= 1.0)),
+    }
+    shape = labels["shape"].to_numpy()
+    mask = np.zeros((n, size, size), bool)
+    for name, m in masks.items():
+        mask |= m & (shape == name)[:, None, None]
+    colour = np.array([_RGB[c] for c in labels["colour"]], np.float32) / 255 + rng.uniform(-0.06, 0.06, (n, 3))
+    canvas = np.where(mask[..., None], colour[:, None, None, :], canvas)
+    canvas += rng.normal(0.0, 0.02, canvas.shape).astype(np.float32)
+    return (np.clip(canvas, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def make_conditional(n: int = 2000, size: int = 64, seed: int = 0, test_fraction: float = 0.2) -> dict[str, ConditionalSet]:
+    """`{"train": ..., "test": ...}`: `n` images with independently uniform factors, split by `test_fraction`."""
+    if n < 2 or size < 16:
+        raise UserError(f"need n >= 2 images of size >= 16 px, got n={n}, size={size}")
+    if not 0.0 < test_fraction < 1.0:
+        raise UserError(f"test fraction must be in (0, 1), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    labels = pl.DataFrame({f: np.asarray(values)[rng.integers(0, len(values), n)] for f, values in FACTORS.items()})
+    images = render(labels, size, rng)
+    cut = n - max(1, round(n * test_fraction))
+    return {
+        "train": ConditionalSet(images[:cut], labels[:cut], PHRASINGS),
+        "test": ConditionalSet(images[cut:], labels[cut:], PHRASINGS),
+    }
+
+
+def write_conditional(splits: dict[str, ConditionalSet], out: str | Path) -> Path:
+    """Write each split as `<split>.npz` (`images` + one label array per factor, what `load_images` reads)
+    and the phrasings per factor as conditions.json."""
+    with atomic_dir(out) as tmp:
+        for name, split in splits.items():
+            labels = {c: split.labels[c].to_numpy().astype(str) for c in split.labels.columns}
+            np.savez_compressed(tmp / f"{name}.npz", images=split.images, **labels)
+        phrasings = next(iter(splits.values())).phrasings
+        (tmp / CONDITIONS_FILE).write_text(json.dumps({f: list(p) for f, p in phrasings.items()}, indent=2) + "\n")
+    return Path(out)
+
+
+def generate_dataset(out: str | Path, n: int = 2000, size: int = 64, seed: int = 0, test_fraction: float = 0.2) -> dict:
+    """Generate the benchmark and write it to `out`; returns what was written (for the CLI)."""
+    splits = make_conditional(n, size, seed, test_fraction)
+    write_conditional(splits, out)
+    return {"path": str(out), "size": size, "seed": seed, "splits": {k: len(v) for k, v in splits.items()},
+            "factors": {f: list(v) for f, v in FACTORS.items()}}
+
+
+def load_split(data: str | Path, split: str = "test", image_size: int = 32, seed: int = 0) -> ConditionalSet:
+    """A split of a `data make-conditional` directory, a fresh 10,000-image benchmark for 'generated', or
+    any labelled image dataset `load_images` reads (one "focus on the <column>" instruction per label column)."""
+    if str(data) == "generated":
+        return make_conditional(10_000, image_size, seed)[split]
+    path = Path(data)
+    if (path / CONDITIONS_FILE).is_file():
+        phrasings = {f: tuple(p) for f, p in json.loads((path / CONDITIONS_FILE).read_text()).items()}
+        if not (path / f"{split}.npz").is_file():
+            raise UserError(f"{path} has no {split!r} split ({split}.npz)")
+        path = path / f"{split}.npz"
+    else:
+        phrasings = None
+    images = load_images(path)
+    labels = images.labels.drop("id")
+    if phrasings is None:
+        phrasings = {c: (f"focus on the {c}",) for c in labels.columns}
+    if not phrasings:
+        raise UserError(f"{data} has no label columns to condition on")
+    pixels = images.images.array if isinstance(images.images, ImageArray) else images.images
+    return ConditionalSet(pixels, labels, phrasings)

@@ -1,0 +1,143 @@
+"""One training loop for FocalLens and its unconditional baseline: align the image embedding with the
+frozen text embedding of the answer (InfoNCE over the batch's distinct answers, both directions).
+
+Each epoch visits every training image once, paired with a random (factor, phrasing) instruction.
+Instruction and answer embeddings are computed once up front: the text encoder is frozen.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from indexes.errors import UserError
+from indexes.runtime import atomic_dir, progress, resolve_device, seed_everything
+from retrieval.text_encoder import DEFAULT_TEXT_ENCODER
+from vision.focallens import FocalLens, text_tower
+from vision.synthetic import ConditionalSet, load_split
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.05  # fraction of steps with a linear warm-up, then cosine decay
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class _Targets:
+    """Index tensors into the cached instruction / answer embeddings."""
+
+    instructions: torch.Tensor  # (F, P) instruction index of factor f, phrasing p
+    answers: torch.Tensor  # (N, F) answer index of image n under factor f
+    instruction_emb: torch.Tensor  # (I, D)
+    answer_emb: torch.Tensor  # (A, D)
+
+
+def _targets(data: ConditionalSet, model: FocalLens, device: str) -> _Targets:
+    factors = list(data.phrasings)
+    if missing := [f for f in factors if f not in data.labels.columns]:
+        raise UserError(f"no labels for the instructed factors {missing}")
+    widest = max(len(p) for p in data.phrasings.values())
+    # factors with fewer phrasings repeat their last one so the table is rectangular
+    table = [[p[min(i, len(p) - 1)] for i in range(widest)] for p in data.phrasings.values()]
+    instructions = sorted({t for row in table for t in row})
+    answer_cols = [data.labels[f].cast(str).to_numpy() for f in factors]
+    answers, inverse = np.unique(np.stack(answer_cols, axis=1), return_inverse=True)
+    tower = text_tower(model.text_encoder, device)
+    if tower.dim != model.dim:
+        raise UserError(f"text encoder {model.text_encoder!r} gives {tower.dim}-d embeddings; the model projects to {model.dim}")
+    lookup = {t: i for i, t in enumerate(instructions)}
+    return _Targets(
+        instructions=torch.tensor([[lookup[t] for t in row] for row in table]),
+        answers=torch.from_numpy(inverse.reshape(len(data), len(factors))),
+        instruction_emb=tower.encode(instructions).to(device),
+        answer_emb=tower.encode(list(answers)).to(device),
+    )
+
+
+def contrastive_loss(images: torch.Tensor, answer_ids: torch.Tensor, answer_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE between image embeddings and the batch's distinct answers.
+
+    Images sharing an answer are all positives of that answer, never negatives of each other."""
+    distinct, target = torch.unique(answer_ids, return_inverse=True)
+    logits = scale * images @ answer_emb[distinct].T  # (B, U)
+    image_to_text = F.cross_entropy(logits, target)
+    positives = F.one_hot(target, len(distinct)).bool()
+    # each answer's probability mass over images must fall on its positives (all of them together)
+    text_to_image = -logits.log_softmax(dim=0).masked_fill(~positives, float("-inf")).logsumexp(dim=0).mean()
+    return (image_to_text + text_to_image) / 2
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_focallens(model: FocalLens, data: ConditionalSet, settings: TrainSettings) -> dict:
+    """Train `model` in place on `data`'s (image, instruction, answer) triples; returns the loss history."""
+    if len(data) < 2:
+        raise UserError(f"need at least 2 training images, got {len(data)}")
+    seed_everything(settings.seed)
+    device = resolve_device(settings.device)
+    model.to(device).train()
+    targets = _targets(data, model, device)
+    images = model.to_pixels(data.images)  # uint8 at the model's resolution, resized once
+    batch = min(settings.batch_size, len(data))
+    steps_per_epoch = len(data) // batch
+    total = settings.epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, max(1, int(settings.warmup * total))))
+    generator = torch.Generator().manual_seed(settings.seed)
+    n_factors, n_phrasings = targets.instructions.shape
+    history, started = [], time.perf_counter()
+    for epoch in progress(range(settings.epochs), desc="train focallens", unit="epoch"):
+        order = torch.randperm(len(data), generator=generator)[: steps_per_epoch * batch].view(steps_per_epoch, batch)
+        factor = torch.randint(n_factors, order.shape, generator=generator)
+        phrasing = torch.randint(n_phrasings, order.shape, generator=generator)
+        losses = []
+        for rows, f, p in zip(order, factor, phrasing):
+            pixels = model.normalize(images[rows].to(device))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                emb = model(pixels, targets.instruction_emb[targets.instructions[f, p].to(device)])
+            loss = contrastive_loss(emb.float(), targets.answers[rows, f].to(device), targets.answer_emb, model.logit_scale.exp().clamp(max=100))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        history.append(float(np.mean(losses)))
+    return {"model": model.name, "epochs": settings.epochs, "steps": total, "batch_size": batch,
+            "loss": history, "seconds": round(time.perf_counter() - started, 1), "settings": asdict(settings)}
+
+
+def save_model(model: FocalLens, out: str | Path) -> Path:
+    """Write the model directory (config.json + model.safetensors) atomically."""
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+    return Path(out)
+
+
+def train_from_data(data: str | Path, out: str | Path, unconditional: bool = False, epochs: int = 24,
+                    batch_size: int = 128, lr: float = 1e-3, image_size: int = 32, text_encoder: str | None = None,
+                    device: str = "auto", seed: int = 0, **vit: int) -> dict:
+    """Train FocalLens (or the unconditional baseline) on `data`'s train split and save it to `out`.
+
+    `vit`: patch_size, embed_dim, depth, num_heads of the ViT."""
+    train = load_split(data, "train", image_size, seed)
+    text_encoder = text_encoder or DEFAULT_TEXT_ENCODER
+    model = FocalLens(image_size=image_size, text_dim=text_tower(text_encoder).dim, conditional=not unconditional,
+                      text_encoder=text_encoder, **vit)
+    log = train_focallens(model, train, TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device))
+    return {**log, "path": str(save_model(model, out))}
