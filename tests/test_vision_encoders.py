@@ -112,25 +112,29 @@ def test_timm_weights_file_loads_into_encoder(tmp_path):
 
 # ---- HF --------------------------------------------------------------------------------------
 def _tiny_hf(tmp_path, kind):
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, ViTConfig, ViTImageProcessor, ViTModel
+    """A tiny random transformers vision model of `kind` and its image processor, saved to tmp_path."""
+    import transformers as tf
 
     torch.manual_seed(0)
     common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
                   image_size=32, patch_size=8)
-    if kind == "clip":
-        model = CLIPVisionModel(CLIPVisionConfig(**common))
-        processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    else:
-        model = ViTModel(ViTConfig(**common))
-        processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    square = {"height": 32, "width": 32}
+    model, processor = {
+        "clip": lambda: (tf.CLIPVisionModel(tf.CLIPVisionConfig(**common)),
+                         tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=square)),
+        "vit": lambda: (tf.ViTModel(tf.ViTConfig(**common)), tf.ViTImageProcessor(size=square)),
+        "siglip": lambda: (tf.SiglipVisionModel(tf.SiglipVisionConfig(**common)), tf.SiglipImageProcessor(size=square)),
+        "dinov2": lambda: (tf.Dinov2Model(tf.Dinov2Config(**common)),
+                           tf.BitImageProcessor(size={"shortest_edge": 32}, crop_size=square)),
+    }[kind]()
     path = tmp_path / kind
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path, model.eval()
 
 
-@pytest.mark.parametrize("kind", ["clip", "vit"])
-def test_hf_encoder_matches_its_model(tmp_path, kind):
+@pytest.mark.parametrize("kind, prefix", [("clip", 1), ("vit", 1), ("siglip", 0), ("dinov2", 1)])
+def test_hf_encoder_matches_its_model(tmp_path, kind, prefix):
     path, model = _tiny_hf(tmp_path, kind)
     encoder = create_encoder(f"hf:{path}")
     images = _images()
@@ -139,7 +143,7 @@ def test_hf_encoder_matches_its_model(tmp_path, kind):
     with torch.inference_mode():
         expected = model(pixel_values=encoder.preprocess(images)).pooler_output
     np.testing.assert_allclose(vectors, expected.numpy(), atol=1e-5)
-    assert encoder.backbone.num_prefix_tokens == 1
+    assert encoder.backbone.num_prefix_tokens == prefix
     assert create_encoder(f"hf:{path}", pooling="mean").embed(images).shape == (2, 32)
 
 
