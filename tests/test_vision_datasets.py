@@ -19,7 +19,8 @@ def _save(path, value, size=(6, 5)):
 def _write_idx(path, array, type_code=0x08):
     header = struct.pack(">BBBB", 0, 0, type_code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     payload = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    (gzip.open if path.suffix == ".gz" else open)(path, "wb").write(payload)
+    with (gzip.open if path.suffix == ".gz" else open)(path, "wb") as fh:
+        fh.write(payload)
 
 
 def test_folder_with_subfolders_gives_labels(tmp_path):
@@ -60,11 +61,12 @@ def test_labels_csv_naming_unknown_images_is_an_error(tmp_path):
         load_images(tmp_path)
 
 
-@pytest.mark.parametrize("name", ["t10k-images-idx3-ubyte.gz", "train-images-idx3-ubyte"])
+@pytest.mark.parametrize("name", ["t10k-images-idx3-ubyte.gz", "train-images-idx3-ubyte", "emnist-images.idx3-ubyte"])
 def test_idx_images_with_labels_beside_them(tmp_path, name):
     images = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
     _write_idx(tmp_path / name, images)
-    _write_idx(tmp_path / name.replace("images-idx3", "labels-idx1"), np.array([7, 1, 4], dtype=np.uint8))
+    labels = name.replace("images-idx3", "labels-idx1").replace("images.idx3", "labels.idx1")
+    _write_idx(tmp_path / labels, np.array([7, 1, 4], dtype=np.uint8))
     data = load_images(tmp_path / name)
     assert data.ids == ["0", "1", "2"] and data.labels["label"].to_list() == [7, 1, 4]
     np.testing.assert_array_equal(np.asarray(data.images[2]), images[2])

@@ -152,13 +152,13 @@ def _load_npz(path: Path) -> ImageSet:
 
 
 def _load_idx_images(path: Path) -> ImageSet:
-    """An IDX images file; the labels file beside it (`…-images-idx3…` -> `…-labels-idx1…`) if present."""
+    """An IDX images file; the labels file beside it (`…images-idx3…` -> `…labels-idx1…`, or with dots) if present."""
     images = read_idx(path)
     if images.ndim not in (3, 4):
         raise UserError(f"{path}: an IDX images file holds (N, H, W[, C]) arrays, got shape {images.shape}")
     ids = [str(i) for i in range(len(images))]
     table = pl.DataFrame({"id": ids})
-    labels_path = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
+    labels_path = path.with_name(re.sub(r"images([.-])idx3", r"labels\1idx1", path.name))
     if labels_path != path and labels_path.exists():
         labels = read_idx(labels_path)
         if labels.shape != (len(images),):
