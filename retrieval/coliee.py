@@ -44,6 +44,12 @@ class Article:
     text: str
 
     @property
+    def search_text(self) -> str:
+        """What BM25 and the dense encoder index: the heading path, then `text`. Headings name the
+        topic ('Section 3 Sales', 'Chapter V Torts') that an article's own words often leave implicit."""
+        return "\n".join((*self.headings, self.text))
+
+    @property
     def title(self) -> str:
         """How people cite it: 'Article 5 (Juridical Acts by Minors)'."""
         return f"Article {self.id} ({self.caption})" if self.caption else f"Article {self.id}"

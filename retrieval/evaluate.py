@@ -46,7 +46,7 @@ def run_lines(queries: Sequence[Query], scores: np.ndarray, article_ids: Sequenc
 def make_retriever(model: str, articles: Sequence[Article], encoder: str | None = None,
                    rerank: Path | None = None, device: str = "auto") -> Retriever:
     """bm25 | dense | hybrid (BM25 + dense, + the `rerank` model's scores) | a trained model directory."""
-    texts, ids = [a.text for a in articles], [a.id for a in articles]
+    texts, ids = [a.search_text for a in articles], [a.id for a in articles]
     device = resolve_device(device)
     if model == "hybrid":
         parts = [_builtin(name, texts, ids, encoder, device) for name in ("bm25", "dense")]

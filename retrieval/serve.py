@@ -24,7 +24,7 @@ def build_index(request: BuildRequest, out: Path) -> VectorIndex:
     """Read the COLIEE folder (default: the bundled sample), embed every article, save the index at `out`."""
     articles = load_coliee(request.data_dir).articles
     ids = [a.id for a in articles]
-    texts = [a.text for a in articles]
+    texts = [a.search_text for a in articles]
     encoder = request.encoder or DEFAULT_TEXT_ENCODER
     vectors = encode_texts(texts, encoder, resolve_device(request.device))
     payload = [{"title": a.title, "caption": a.caption, "headings": " / ".join(a.headings), "text": a.text} for a in articles]

@@ -78,6 +78,7 @@ def test_civil_code_articles_headings_paragraphs_items(coliee_dir):
                               "Consent may be given by a parent.")
     assert five.text.startswith("(Capacity of Minors)\n(1) A minor")
     assert five.title == "Article 5 (Capacity of Minors)"
+    assert five.search_text == "Part I General\nChapter I People\n" + five.text
     assert articles["5-2"].caption == "" and articles["5-2"].title == "Article 5-2"
     ten = articles["10"]
     assert ten.headings == ("Part I General", "Chapter I People", "Section 1 Deleted Things")
