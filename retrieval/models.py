@@ -1,0 +1,173 @@
+"""Train, save and load the neural statute retrievers (Paraformer, Attentive CNN) behind one interface.
+
+A model directory holds config.json (the model's settings plus its "architecture"), model.safetensors,
+training.json (history and settings), and per architecture a vocab.json (Attentive CNN) or a
+fine-tuned encoder/ folder (Paraformer with `finetune_epochs`). `load_retriever` turns one into a
+`Retriever` over a list of articles; `train_model` is what `ragcli train paraformer|attentive-cnn` runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from indexes.errors import UserError
+from indexes.runtime import atomic_dir, atomic_write_text, resolve_device, seed_everything
+from retrieval.attentive_cnn import AttentiveCNN, TokenFeaturizer, Vocab
+from retrieval.bm25 import BM25Retriever
+from retrieval.coliee import Article, Query, load_coliee, parse_years
+from retrieval.dense import DenseRetriever
+from retrieval.paraformer import Paraformer, SentenceFeaturizer, article_lines, finetune_encoder
+from retrieval.text_encoder import DEFAULT_TEXT_ENCODER
+from retrieval.training import Split, TrainConfig, fit, hard_negative_pool, score_matrix
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"paraformer": Paraformer, "attentive-cnn": AttentiveCNN}
+CONFIG_FILE, VOCAB_FILE, ENCODER_DIR, TRAINING_FILE = "config.json", "vocab.json", "encoder", "training.json"
+
+
+class NeuralRetriever:
+    """A trained model as a `Retriever`: article features computed once, queries featurised per call."""
+
+    def __init__(self, name: str, model: nn.Module, featurizer: Any, articles: Sequence[Article]) -> None:
+        if not articles:
+            raise UserError("no articles to retrieve from")
+        self.name, self.model, self.featurizer = name, model.eval(), featurizer
+        self.articles = list(articles)
+        self.article_ids = [a.id for a in self.articles]
+        self.features = featurizer.articles(self.articles)
+
+    def scores(self, queries: Sequence[str]) -> np.ndarray:
+        return score_matrix(self.model, self.featurizer.queries(list(queries)), self.features)
+
+
+class ParaformerRetriever(NeuralRetriever):
+    """Paraformer scores plus its explanation: the sentence of an article the query attends to most."""
+
+    def explain(self, query: str, article_ids: Sequence[str]) -> list[tuple[float, str]]:
+        """(attention weight, sentence) of the most attended line of each article, in `article_ids` order."""
+        row = {a: i for i, a in enumerate(self.article_ids)}
+        unknown = [a for a in article_ids if a not in row]
+        if unknown:
+            raise UserError(f"unknown article id(s): {', '.join(unknown)}")
+        rows = [row[a] for a in article_ids]
+        device = next(self.model.parameters()).device
+        query_vec = self.featurizer.queries([query]).tensors[0].to(device)
+        sentences, mask = (t.to(device) for t in self.features.take(torch.tensor(rows)[None]))
+        with torch.inference_mode():
+            weight, best = self.model.attention(query_vec, sentences, mask)[0].max(-1)
+        return [(float(w), article_lines(self.articles[r])[b]) for w, b, r in zip(weight.tolist(), best.tolist(), rows)]
+
+
+def load_retriever(model_dir: str | Path, articles: Sequence[Article], device: str = "auto") -> NeuralRetriever:
+    """The retriever saved in `model_dir` (architecture read from its config.json) over `articles`."""
+    model_dir = Path(model_dir)
+    config_file = model_dir / CONFIG_FILE
+    if not config_file.is_file():
+        raise UserError(f"{model_dir}: not a trained model directory (no {CONFIG_FILE})")
+    try:
+        architecture = json.loads(config_file.read_text(encoding="utf-8")).get("architecture")
+    except ValueError as err:
+        raise UserError(f"{config_file}: unreadable ({err})") from None
+    if architecture not in ARCHITECTURES:
+        raise UserError(f"{config_file}: unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    device = resolve_device(device)
+    model = ARCHITECTURES[architecture].from_pretrained(model_dir, map_location=device).to(device)
+    return _retriever(model, _featurizer(model, model_dir, device), articles)
+
+
+def _featurizer(model: nn.Module, model_dir: Path, device: str) -> Any:
+    if isinstance(model, Paraformer):
+        return SentenceFeaturizer(model_dir / ENCODER_DIR if model.finetuned_encoder else model.encoder, device)
+    return TokenFeaturizer(Vocab.load(model_dir / VOCAB_FILE), model.max_sentences, model.max_words)
+
+
+def _retriever(model: nn.Module, featurizer: Any, articles: Sequence[Article]) -> NeuralRetriever:
+    kind = ParaformerRetriever if isinstance(model, Paraformer) else NeuralRetriever
+    return kind(model.architecture, model, featurizer, articles)
+
+
+def train_model(architecture: str, data_dir: str | Path | None, train_years: str, valid_years: str,
+                out: str | Path, config: TrainConfig, **model_options: Any) -> dict[str, Any]:
+    """Read a COLIEE folder, train `architecture` on `train_years`, early-stop on `valid_years`, save to `out`."""
+    data = load_coliee(data_dir)
+    train_queries = data.queries(parse_years(train_years))
+    valid_queries = data.queries(parse_years(valid_years))
+    return train(architecture, data.articles, train_queries, valid_queries, out, config, **model_options)
+
+
+def train(architecture: str, articles: Sequence[Article], train_queries: Sequence[Query],
+          valid_queries: Sequence[Query], out: str | Path, config: TrainConfig,
+          mining_encoder: str | None = None, finetune_epochs: int = 0, **model_options: Any) -> dict[str, Any]:
+    """Train one model and save it atomically to `out`; returns a summary (also saved as training.json).
+
+    `mining_encoder` is the sentence encoder of the dense hard-negative miner (default: the Paraformer's
+    encoder, else all-MiniLM-L6-v2); `finetune_epochs` > 0 first fine-tunes the Paraformer's encoder.
+    """
+    if architecture not in ARCHITECTURES:
+        raise UserError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    if finetune_epochs and architecture != "paraformer":
+        raise UserError("only Paraformer has a sentence encoder to fine-tune")
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    row = {a.id: i for i, a in enumerate(articles)}
+    train_gold, valid_gold = _gold_rows(train_queries, row, "training"), _gold_rows(valid_queries, row, "validation")
+    train_queries = [q for q, g in zip(train_queries, train_gold) if g]
+    valid_queries = [q for q, g in zip(valid_queries, valid_gold) if g]
+    train_gold, valid_gold = [g for g in train_gold if g], [g for g in valid_gold if g]
+    with atomic_dir(out) as tmp:
+        model, featurizer = _new_model(architecture, articles, train_queries, tmp, device,
+                                       finetune_epochs, config.seed, model_options)
+        miners = _miners(articles, mining_encoder or getattr(model, "encoder", DEFAULT_TEXT_ENCODER), device)
+        texts = [q.text for q in train_queries]
+        pool = hard_negative_pool([m.scores(texts) for m in miners], train_gold, config.pool_size)
+        features = featurizer.articles(articles)
+        result = fit(model, features, Split(featurizer.queries(texts), train_gold),
+                     Split(featurizer.queries([q.text for q in valid_queries]), valid_gold), pool, config)
+        model.cpu().save_pretrained(tmp, config={**model._hub_mixin_config, "architecture": architecture})
+        summary = {"architecture": architecture, "out": str(out), "train_queries": len(train_queries),
+                   "valid_queries": len(valid_queries), "articles": len(articles), "best_epoch": result.best_epoch,
+                   f"valid_recall@{config.recall_k}": result.best_recall, "train_seconds": round(result.seconds, 1),
+                   "negative_miners": [m.name for m in miners], "config": dataclasses.asdict(config),
+                   "finetune_epochs": finetune_epochs, "history": result.history}
+        atomic_write_text(tmp / TRAINING_FILE, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _gold_rows(queries: Sequence[Query], row: dict[str, int], split: str) -> list[list[int]]:
+    """Each query's gold articles as row indices (ids missing from the corpus dropped); none at all is an error."""
+    gold = [[row[a] for a in q.gold if a in row] for q in queries]
+    if not any(gold):
+        raise UserError(f"no {split} query has a gold article in the corpus")
+    return gold
+
+
+def _new_model(architecture: str, articles: Sequence[Article], train_queries: Sequence[Query], workdir: Path, device: str, finetune_epochs: int, seed: int,
+               options: dict[str, Any]) -> tuple[nn.Module, Any]:
+    """A freshly initialised model and its featurizer (building the vocabulary or tuning the encoder)."""
+    if architecture == "attentive-cnn":
+        vocab = Vocab.build([a.text for a in articles] + [q.text for q in train_queries])
+        vocab.save(workdir / VOCAB_FILE)
+        model = AttentiveCNN(len(vocab), **options)
+        return model, TokenFeaturizer(vocab, model.max_sentences, model.max_words)
+    encoder = options.pop("encoder", DEFAULT_TEXT_ENCODER)
+    source = encoder
+    if finetune_epochs:
+        by_id = {a.id: a for a in articles}
+        pairs = [(q.text, by_id[g].text) for q in train_queries for g in q.gold if g in by_id]
+        source = finetune_encoder(encoder, pairs, workdir / ENCODER_DIR, epochs=finetune_epochs, device=device, seed=seed)
+    featurizer = SentenceFeaturizer(source, device)
+    dim = featurizer.embed([articles[0].text]).shape[1]
+    return Paraformer(dim=dim, encoder=encoder, finetuned_encoder=bool(finetune_epochs), **options), featurizer
+
+
+def _miners(articles: Sequence[Article], encoder: str, device: str) -> list:
+    """BM25 and dense retrievers over the articles, whose top non-gold articles are the hard negatives."""
+    texts, ids = [a.search_text for a in articles], [a.id for a in articles]
+    return [BM25Retriever.build(texts, ids), DenseRetriever.build(texts, ids, encoder, device)]

@@ -1,0 +1,133 @@
+"""Paraformer (Nguyen et al., "Attentive Deep Neural Networks for Legal Document Retrieval").
+
+The query is one sentence embedding; an article is the embeddings of its lines (caption and
+sentences). Query-conditioned sparsemax attention pools the article's sentences, so a few sentences
+carry the decision (and the top one explains it), and a classifier scores the (query, pooled article)
+pair. Sentence embeddings come from a frozen sentence-transformers encoder (all-MiniLM-L6-v2 by
+default) and are computed once per corpus; `finetune_encoder` adapts the encoder first, as an option.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+from torch.nn import functional as F
+
+from indexes.runtime import progress
+from retrieval.coliee import Article
+from retrieval.sparsemax import sparsemax
+from retrieval.text_encoder import load_text_encoder
+from retrieval.training import Features
+
+
+class Paraformer(nn.Module, PyTorchModelHubMixin):
+    """Sparsemax attention of a query over an article's sentence embeddings, then an MLP classifier."""
+
+    architecture = "paraformer"
+
+    def __init__(self, dim: int = 384, hidden: int = 256, dropout: float = 0.1,
+                 encoder: str = "all-MiniLM-L6-v2", finetuned_encoder: bool = False) -> None:
+        super().__init__()
+        self.encoder, self.finetuned_encoder = encoder, finetuned_encoder
+        self.query_proj = nn.Linear(dim, hidden)
+        self.key_proj = nn.Linear(dim, hidden)
+        self.classifier = nn.Sequential(nn.Linear(4 * dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+    def attention(self, query: torch.Tensor, sentences: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, C, S) sparsemax weights of query (B, D) over sentences (B|1, C, S, D); padding gets 0."""
+        q = self.query_proj(query)[:, None, :, None]  # (B, 1, H, 1)
+        logits = (self.key_proj(sentences) @ q).squeeze(-1) / math.sqrt(q.shape[2])
+        return sparsemax(logits, mask.expand_as(logits))
+
+    def forward(self, queries: tuple[torch.Tensor, ...], articles: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """(B, C) relevance logits for query embeddings (B, D) and article sentences (B|1, C, S, D) + mask."""
+        (query,), (sentences, mask) = queries, articles
+        weights = self.attention(query, sentences, mask)
+        pooled = (weights.unsqueeze(-2) @ sentences).squeeze(-2)  # (B, C, D)
+        q = query[:, None, :].expand_as(pooled)
+        return self.classifier(torch.cat([q, pooled, q * pooled, (q - pooled).abs()], -1)).squeeze(-1)
+
+
+def article_lines(article: Article) -> list[str]:
+    """What Paraformer attends over: the caption (when there is one) and each sentence."""
+    return ([f"({article.caption})"] if article.caption else []) + list(article.sentences or (article.text,))
+
+
+class SentenceFeaturizer:
+    """Turns texts into Paraformer inputs with a sentence encoder (L2-normalised embeddings)."""
+
+    def __init__(self, encoder: str | Path, device: str = "cpu", batch_size: int = 64) -> None:
+        self.encoder_name = str(encoder)
+        self.device, self.batch_size = device, batch_size
+        self._cache: dict[str, np.ndarray] = {}
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N, D) float32 embeddings; each distinct text is encoded once per featurizer."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            model = load_text_encoder(self.encoder_name, self.device)
+            vectors = model.encode(missing, batch_size=self.batch_size, convert_to_numpy=True,
+                                   normalize_embeddings=True, show_progress_bar=False)
+            self._cache.update(zip(missing, vectors.astype(np.float32)))
+        return torch.from_numpy(np.stack([self._cache[t] for t in texts])) if texts else torch.zeros(0, 0)
+
+    def queries(self, texts: Sequence[str]) -> Features:
+        return Features((self.embed(texts),))
+
+    def articles(self, articles: Sequence[Article]) -> Features:
+        """Sentence embeddings padded to (A, S, D) with a (A, S) mask."""
+        lines = [article_lines(a) for a in articles]
+        flat = self.embed([s for doc in lines for s in doc])
+        lengths = torch.tensor([len(doc) for doc in lines])
+        mask = torch.arange(int(lengths.max())) < lengths[:, None]
+        padded = flat.new_zeros(len(lines), mask.shape[1], flat.shape[1])
+        padded[mask] = flat
+        return Features((padded, mask))
+
+
+def finetune_encoder(encoder: str | Path, pairs: Sequence[tuple[str, str]], out: Path, *, epochs: int = 1,
+                     batch_size: int = 16, lr: float = 2e-5, device: str = "cpu", seed: int = 0) -> Path:
+    """Adapt a sentence encoder to (query, gold article) pairs with in-batch negatives; save it to `out`.
+
+    Contrastive (MultipleNegativesRanking-style) loss with scale 20 on cosine similarities.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    from retrieval.text_encoder import text_encoder_path
+
+    model = SentenceTransformer(text_encoder_path(str(encoder)), device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for epoch in range(epochs):
+        for batch in progress(torch.randperm(len(pairs), generator=generator).split(batch_size),
+                              desc=f"encoder epoch {epoch + 1}"):
+            queries, docs = zip(*(pairs[i] for i in batch.tolist()))
+            q, d = (F.normalize(_embed(model, texts), dim=-1) for texts in (queries, docs))
+            labels = _same_doc_labels(docs)
+            loss = -(F.log_softmax(20.0 * q @ d.T, dim=1) * labels).sum(1).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    model.save(str(out))
+    return out
+
+
+def _embed(model, texts: Sequence[str]) -> torch.Tensor:
+    features = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in model.preprocess(list(texts)).items()}
+    return model(features)["sentence_embedding"]
+
+
+def _same_doc_labels(docs: Sequence[str]) -> torch.Tensor:
+    """Row-normalised (B, B) targets: a query's positives are every in-batch copy of its article."""
+    first = {d: i for i, d in reversed(list(enumerate(docs)))}
+    keys = torch.tensor([first[d] for d in docs])
+    same = (keys[:, None] == keys[None, :]).float()
+    return same / same.sum(1, keepdim=True)

@@ -1,0 +1,179 @@
+"""One training loop for every neural statute retriever (Paraformer, Attentive CNN).
+
+A model maps query features (B, ...) and candidate article features (B, C, ...) to (B, C) relevance
+logits; article features with a leading 1 score every query against the same C articles. Training
+puts each gold article against hard negatives (mined from BM25 / dense rankings) and random ones
+with a softmax cross-entropy, and keeps the epoch with the best validation Recall@k.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from indexes.metrics import recall_at_k
+from indexes.runtime import progress, resolve_device
+
+
+@dataclass
+class Features:
+    """Model inputs for a list of texts: tensors whose first dimension indexes the texts."""
+
+    tensors: tuple[torch.Tensor, ...]
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def take(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The rows at `index` (any shape): (B, C) indices give (B, C, ...) tensors."""
+        return tuple(t[index] for t in self.tensors)
+
+    def to(self, device: str | torch.device) -> Features:
+        return Features(tuple(t.to(device) for t in self.tensors))
+
+
+@dataclass
+class Split:
+    """Queries as model features, with the row indices of each query's gold articles."""
+
+    queries: Features
+    gold: list[list[int]]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every neural retriever."""
+
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 32
+    negatives: int = 15
+    pool_size: int = 50
+    hard_fraction: float = 0.5
+    patience: int = 4
+    recall_k: int = 5
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class TrainResult:
+    """What training did: per-epoch loss and validation recall, the best epoch, and seconds spent."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_recall: float = 0.0
+    seconds: float = 0.0
+
+
+def gold_matrix(gold: Sequence[Sequence[int]], n_articles: int) -> torch.Tensor:
+    """(Q, A) bool: whether article a is gold for query q."""
+    matrix = torch.zeros(len(gold), n_articles, dtype=torch.bool)
+    rows = [q for q, g in enumerate(gold) for _ in g]
+    matrix[rows, [a for g in gold for a in g]] = True
+    return matrix
+
+
+def hard_negative_pool(rankings: Sequence[np.ndarray], gold: Sequence[Sequence[int]], size: int) -> np.ndarray:
+    """(Q, size) article indices: the best-ranked non-gold articles, interleaving the given
+    (Q, A) score matrices rank by rank (BM25's first, dense's first, BM25's second, ...)."""
+    n_queries, n_articles = rankings[0].shape
+    size = min(size, n_articles - max((len(g) for g in gold), default=0))
+    order = np.stack([np.argsort(-s, axis=1, kind="stable") for s in rankings], axis=2).reshape(n_queries, -1)
+    is_gold = gold_matrix(gold, n_articles).numpy()
+    pool = np.empty((n_queries, size), dtype=np.int64)
+    for q in range(n_queries):  # once per query before training, not in the training loop
+        ranked = order[q][~is_gold[q, order[q]]]
+        pool[q] = list(dict.fromkeys(ranked.tolist()))[:size]
+    return pool
+
+
+def score_matrix(model: nn.Module, queries: Features, articles: Features, batch_size: int = 16) -> np.ndarray:
+    """(n_queries, n_articles) model scores, every query against every article, in query batches."""
+    device = next(model.parameters()).device
+    whole = tuple(t[None].to(device) for t in articles.tensors)
+    model.eval()
+    out = []
+    with torch.inference_mode(), _autocast(device):
+        for start in range(0, len(queries), batch_size):
+            rows = torch.arange(start, min(start + batch_size, len(queries)))
+            out.append(model(tuple(t.to(device) for t in queries.take(rows)), whole).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, len(articles)), dtype=np.float32)
+
+
+def recall_at(scores: np.ndarray, gold: Sequence[Sequence[int]], k: int) -> float:
+    """Mean Recall@k of the article rankings given by `scores` (Q, A)."""
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    hits = np.take_along_axis(gold_matrix(gold, scores.shape[1]).numpy(), top, axis=1)
+    return float(recall_at_k(hits, np.array([len(g) for g in gold]), k).mean())
+
+
+def fit(model: nn.Module, articles: Features, train: Split, valid: Split, pool: np.ndarray,
+        config: TrainConfig) -> TrainResult:
+    """Train `model` in place and leave it at its best validation epoch (early stopping)."""
+    device = resolve_device(config.device)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.to(device)
+    articles_on = articles.to(device)
+    queries_on = train.queries.to(device)
+    pairs = torch.tensor([(q, a) for q, g in enumerate(train.gold) for a in g], dtype=torch.long)
+    is_gold = gold_matrix(train.gold, len(articles))
+    pool_t = torch.as_tensor(pool, dtype=torch.long)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    result, best_state, stale, started = TrainResult(best_recall=-1.0), None, 0, time.perf_counter()
+    for epoch in progress(range(1, config.epochs + 1), desc="epochs"):
+        model.train()
+        losses = []
+        for batch in progress(torch.randperm(len(pairs), generator=generator).split(config.batch_size),
+                              desc=f"epoch {epoch}"):
+            query, positive = pairs[batch].T
+            candidates = torch.cat([positive[:, None], _negatives(query, pool_t, len(articles), config, generator)], 1)
+            with _autocast(device):
+                logits = model(tuple(t[query.to(device)] for t in queries_on.tensors),
+                               articles_on.take(candidates.to(device))).float()
+            other_gold = is_gold[query[:, None], candidates]
+            other_gold[:, 0] = False  # the positive stays; other gold articles are not negatives
+            loss = F.cross_entropy(logits.masked_fill(other_gold.to(device), float("-inf")),
+                                   torch.zeros(len(query), dtype=torch.long, device=device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        recall = recall_at(score_matrix(model, valid.queries, articles), valid.gold, config.recall_k)
+        result.history.append({"epoch": epoch, "loss": float(np.mean(losses)), f"valid_recall@{config.recall_k}": recall})
+        if recall > result.best_recall:
+            result.best_epoch, result.best_recall, stale = epoch, recall, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _negatives(query: torch.Tensor, pool: torch.Tensor, n_articles: int, config: TrainConfig,
+               generator: torch.Generator) -> torch.Tensor:
+    """(B, negatives) article indices: a `hard_fraction` share drawn from each query's hard pool,
+    the rest uniformly from all articles (gold ones are masked out of the loss later)."""
+    n_hard = round(config.negatives * config.hard_fraction) if pool.shape[1] else 0
+    hard = pool[query[:, None], torch.randint(pool.shape[1] or 1, (len(query), n_hard), generator=generator)]
+    rand = torch.randint(n_articles, (len(query), config.negatives - n_hard), generator=generator)
+    return torch.cat([hard, rand], 1)
+
+
+def _autocast(device: str | torch.device):
+    """bf16 autocast on CUDA, a no-op elsewhere."""
+    device_type = torch.device(device).type
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")

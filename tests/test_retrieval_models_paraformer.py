@@ -1,0 +1,153 @@
+"""Paraformer with a tiny random sentence encoder, training / save / load for both models, and the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from retrieval_models_corpus import ARTICLES, QUERIES
+
+from cli import ragcli
+from indexes.errors import UserError
+from retrieval.attentive_cnn import words
+from retrieval.models import load_retriever, train
+from retrieval.paraformer import Paraformer, SentenceFeaturizer, article_lines
+from retrieval.training import TrainConfig
+
+FAST = TrainConfig(epochs=3, lr=5e-3, batch_size=4, negatives=4, pool_size=4, patience=3, recall_k=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """A randomly initialised 1-layer BERT (hidden 32) saved as a sentence-transformers model."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny-encoder")
+    texts = [a.text for a in ARTICLES] + [q.text for q in QUERIES]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for t in texts for w in words(t)})
+    (root / "vocab.txt").write_text("\n".join(vocab), encoding="utf-8")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(root / "bert")
+    BertTokenizerFast(vocab_file=str(root / "vocab.txt")).save_pretrained(root / "bert")
+    encoder = SentenceTransformer(modules=[Transformer(str(root / "bert")), Pooling(32, "mean")])
+    encoder.save(str(root / "st"))
+    return str(root / "st")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_encoder, tmp_path_factory):
+    """A Paraformer and an Attentive CNN trained for a few epochs on the toy corpus."""
+    root = tmp_path_factory.mktemp("models")
+    train_q, valid_q = QUERIES[:8], QUERIES[8:]
+    para = train("paraformer", ARTICLES, train_q, valid_q, root / "para", FAST, encoder=tiny_encoder, hidden=16)
+    cnn = train("attentive-cnn", ARTICLES, train_q, valid_q, root / "cnn", FAST, mining_encoder=tiny_encoder,
+                embed_dim=16, filters=16, attention_dim=8)
+    return root, para, cnn
+
+
+def test_paraformer_forward_backward_and_attention(tiny_encoder):
+    featurizer = SentenceFeaturizer(tiny_encoder)
+    articles, queries = featurizer.articles(ARTICLES), featurizer.queries([q.text for q in QUERIES[:2]])
+    sentences, mask = articles.tensors
+    assert sentences.shape == (10, 3, 32) and mask.sum(1).tolist() == [len(article_lines(a)) for a in ARTICLES]
+    torch.manual_seed(0)
+    model = Paraformer(dim=32, hidden=8)
+    candidates = torch.tensor([[0, 3, 4], [1, 2, 3]])
+    logits = model(queries.tensors, articles.take(candidates))
+    assert logits.shape == (2, 3)
+    logits.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    weights = model.attention(queries.tensors[0], *articles.take(candidates))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3))
+    assert (weights[0, 1, 2] == 0) and (weights[0, 1, :2].sum() == 1)  # article 4 has 2 lines; slot 3 is padding
+
+
+def test_training_lowers_loss_and_saves_a_model(trained):
+    root, para, cnn = trained
+    for summary, name in ((para, "para"), (cnn, "cnn")):
+        losses = [h["loss"] for h in summary["history"]]
+        assert losses[-1] < losses[0]
+        assert summary["negative_miners"] == ["bm25", "dense"] and summary["train_queries"] == 8
+        assert {"config.json", "model.safetensors", "training.json"} <= {p.name for p in (root / name).iterdir()}
+    assert json.loads((root / "cnn" / "config.json").read_text())["architecture"] == "attentive-cnn"
+    assert (root / "cnn" / "vocab.json").is_file() and not (root / "para" / "vocab.json").exists()
+
+
+@pytest.mark.parametrize("name", ["para", "cnn"])
+def test_save_load_round_trip_gives_identical_scores(trained, name):
+    root = trained[0]
+    texts = [q.text for q in QUERIES]
+    first = load_retriever(root / name, ARTICLES, device="cpu")
+    again = load_retriever(root / name, ARTICLES, device="cpu")
+    scores = first.scores(texts)
+    assert scores.shape == (len(QUERIES), len(ARTICLES)) and first.article_ids == [a.id for a in ARTICLES]
+    np.testing.assert_array_equal(scores, again.scores(texts))
+    assert first.name == {"para": "paraformer", "cnn": "attentive-cnn"}[name]
+
+
+def test_explanation_is_a_sentence_of_each_article(trained):
+    retriever = load_retriever(trained[0] / "para", ARTICLES, device="cpu")
+    explained = retriever.explain(QUERIES[4].text, ["5", "9-2", "4"])
+    by_id = {a.id: a for a in ARTICLES}
+    assert len(explained) == 3
+    for (weight, sentence), article_id in zip(explained, ["5", "9-2", "4"]):
+        assert 0 < weight <= 1 and sentence in article_lines(by_id[article_id])
+    assert explained[2][0] >= 0.5  # article 4 has two lines (caption, sentence); the weights sum to 1
+    with pytest.raises(UserError, match="unknown article"):
+        retriever.explain("hats", ["404"])
+
+
+def test_load_retriever_rejects_what_is_not_a_model(tmp_path):
+    with pytest.raises(UserError, match="not a trained model"):
+        load_retriever(tmp_path, ARTICLES)
+    (tmp_path / "config.json").write_text('{"architecture": "lstm"}')
+    with pytest.raises(UserError, match="unknown architecture"):
+        load_retriever(tmp_path, ARTICLES)
+
+
+@pytest.mark.slow
+def test_finetuned_encoder_is_saved_and_used(tiny_encoder, tmp_path):
+    summary = train("paraformer", ARTICLES, QUERIES[:8], QUERIES[8:], tmp_path / "ft",
+                    TrainConfig(epochs=1, batch_size=4, negatives=2, pool_size=2, device="cpu"),
+                    encoder=tiny_encoder, finetune_epochs=1, hidden=8)
+    assert summary["finetune_epochs"] == 1 and (tmp_path / "ft" / "encoder" / "modules.json").is_file()
+    retriever = load_retriever(tmp_path / "ft", ARTICLES, device="cpu")
+    assert retriever.featurizer.encoder_name == str(tmp_path / "ft" / "encoder")
+    frozen = SentenceFeaturizer(tiny_encoder).embed([ARTICLES[0].text])
+    assert not torch.allclose(retriever.featurizer.embed([ARTICLES[0].text]), frozen)
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["--train-years", "X99"], "bad year"),
+    (["--valid-years", "H18"], "no query file for H18"),
+    (["--device", "tpu"], "Invalid value"),
+])
+def test_train_cli_rejects_bad_input_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "model"
+    result = CliRunner().invoke(ragcli, ["train", "paraformer", "--out", str(out), "--train-years", "R02", *args])
+    assert result.exit_code == 2 and message in result.output
+    assert not out.exists()
+
+
+def test_train_cli_refuses_to_overwrite_and_unknown_data_dir(tmp_path):
+    (tmp_path / "model").mkdir()
+    result = CliRunner().invoke(ragcli, ["train", "attentive-cnn", "--out", str(tmp_path / "model")])
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    result = CliRunner().invoke(ragcli, ["train", "attentive-cnn", "--out", str(tmp_path / "new"),
+                                         "--data-dir", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "no COLIEE data folder" in result.output and not (tmp_path / "new").exists()
+
+
+def test_train_cli_json_on_the_bundled_sample(tmp_path):
+    result = CliRunner().invoke(ragcli, ["train", "attentive-cnn", "--out", str(tmp_path / "m"), "--train-years", "R02",
+                                         "--valid-years", "R03", "--epochs", "1", "--negatives", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["architecture"] == "attentive-cnn" and len(summary["history"]) == 1
+    assert (tmp_path / "m" / "model.safetensors").is_file()
