@@ -267,6 +267,62 @@ def _format_coliee(result: dict[str, Any]) -> str:
     ])
 
 
+def _neural_train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `train paraformer` and `train attentive-cnn` share."""
+    options = [
+        click.option("--data-dir", type=click.Path(path_type=Path), help="COLIEE folder. Default: the bundled sample."),
+        click.option("--train-years", default="H18..R01", show_default=True, help="Training years, e.g. H18..R01."),
+        click.option("--valid-years", default="R02", show_default=True, help="Early-stopping years."),
+        click.option("--out", type=click.Path(path_type=Path), required=True, help="Model directory to write."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing --out directory."),
+        click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option("--negatives", type=click.IntRange(min=1), default=15, show_default=True,
+                     help="Negatives per positive (half hard BM25/dense negatives, half random)."),
+        click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True,
+                     help="Stop after this many epochs without a better validation Recall@5."),
+        click.option("--device", type=DEVICE, default="auto", show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return json_option(fn)
+
+
+def _train_neural(architecture: str, out: Path, overwrite: bool, as_json: bool, data_dir: Path | None,
+                  train_years: str, valid_years: str, **options: Any) -> None:
+    from retrieval.models import train_model
+    from retrieval.training import TrainConfig
+
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    settings = {k: options.pop(k) for k in ("epochs", "lr", "batch_size", "negatives", "patience", "device", "seed")}
+    summary = train_model(architecture, data_dir, train_years, valid_years, out, TrainConfig(**settings), **options)
+    emit(summary, as_json, lambda s: (
+        f"{s['architecture']} saved to {s['out']}: best epoch {s['best_epoch']} of {len(s['history'])}, "
+        f"valid Recall@5 {s['valid_recall@5']:.4f}, {s['train_queries']} training queries, {s['train_seconds']} s"))
+
+
+@train.command("paraformer")
+@_neural_train_options
+@click.option("--encoder", help="Sentence encoder: local path or hub id. Default: all-MiniLM-L6-v2.")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Fine-tune the sentence encoder on (query, gold article) pairs first (default: frozen).")
+def train_paraformer(**options: Any) -> None:
+    """Train Paraformer (sparsemax sentence attention over frozen sentence embeddings) on COLIEE."""
+    if options["encoder"] is None:
+        options.pop("encoder")
+    _train_neural("paraformer", **options)
+
+
+@train.command("attentive-cnn")
+@_neural_train_options
+def train_attentive_cnn(**options: Any) -> None:
+    """Train the Attentive CNN (word CNN + attention, sparsemax over sentences) from scratch on COLIEE."""
+    _train_neural("attentive-cnn", **options)
+
+
 # ---- vision commands ---------------------------------------------------------------------------
 @embed.command("images")
 @click.argument("images", type=click.Path(path_type=Path))
