@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from indexes import VectorIndex, factory_string  # noqa: E402
+from indexes.index import training_sample  # noqa: E402
 
 
 def clustered_vectors(n: int, dim: int, seed: int) -> np.ndarray:
@@ -57,10 +58,12 @@ def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
 def bench_kind(kind: str, x: np.ndarray, queries: np.ndarray, truth: np.ndarray, args) -> list[dict]:
     factory = factory_string(kind, len(x), x.shape[1])
     raw = faiss.index_factory(x.shape[1], factory if factory.startswith("IVF") else f"IDMap2,{factory}")
-    raw_build = timed(lambda: (raw.train(x), raw.add_with_ids(x, np.arange(len(x), dtype=np.int64))))
+    raw_build = timed(lambda: (raw.train(training_sample(x, args.train_size)),
+                               raw.add_with_ids(x, np.arange(len(x), dtype=np.int64))))
     start = time.perf_counter()
     engine = VectorIndex.build(x, payload=[{"title": f"row {i}"} for i in range(len(x))] if args.payload else None,
-                               kind=kind, metric="l2", device="cpu", nprobe=args.nprobe, ef_search=args.ef_search)
+                               kind=kind, metric="l2", device="cpu", nprobe=args.nprobe, ef_search=args.ef_search,
+                               train_size=args.train_size)
     engine_build = time.perf_counter() - start
     if factory.startswith("IVF"):
         faiss.extract_index_ivf(raw).nprobe = args.nprobe
@@ -99,6 +102,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=3.0, help="seconds per QPS measurement")
     parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument("--ef-search", type=int, default=64)
+    parser.add_argument("--train-size", type=int, default=200_000, help="rows IVF / PQ train on")
     parser.add_argument("--payload", action="store_true", help="store a title per row and time search() too")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

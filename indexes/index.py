@@ -126,6 +126,13 @@ def _payload_frame(payload: pl.DataFrame | Sequence[Mapping[str, Any]] | None, n
     return frame
 
 
+def training_sample(x: np.ndarray, size: int | None, seed: int = 0) -> np.ndarray:
+    """`size` rows of x drawn without replacement (seeded), or all of x."""
+    if size is None or size >= len(x):
+        return x
+    return x[np.sort(np.random.default_rng(seed).choice(len(x), size, replace=False))]
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -163,8 +170,12 @@ class VectorIndex:
         device: str = "auto",
         nprobe: int = 16,
         ef_search: int = 64,
+        train_size: int | None = None,
     ) -> VectorIndex:
-        """Index an (n, d) float matrix; ids default to 0..n-1; `encoder` describes what made the vectors."""
+        """Index an (n, d) float matrix; ids default to 0..n-1; `encoder` describes what made the vectors.
+
+        Kinds that need training (IVF, PQ) train on all rows, or on `train_size` rows drawn with a fixed seed.
+        """
         x = _as_matrix(vectors, None, "vectors")
         n, dim = x.shape
         ids_arr, id_type = _ids_array(range(n) if ids is None else ids, None)
@@ -181,7 +192,7 @@ class VectorIndex:
         if metric == "cosine":
             x = _normalize(x)
         if not index.is_trained:
-            index.train(x)
+            index.train(training_sample(x, train_size))
         db = duckdb.connect(":memory:")
         manifest = {
             "format_version": FORMAT_VERSION,

@@ -215,3 +215,9 @@ def test_named_indexes_live_under_home(tmp_path, vectors):
     assert index_path("some/where") == tmp_path.__class__("some/where")
     with pytest.raises(UserError, match="bad index name"):
         index_path("bad name!")
+
+
+def test_training_on_a_sample_still_indexes_every_row(vectors):
+    idx = VectorIndex.build(vectors, ids_for(400), kind="ivf-flat", metric="l2", device="cpu", nprobe=64, train_size=100)
+    assert idx.ntotal == 400
+    assert [h.id for h in idx.search(vectors[:3], k=1) for h in h] == ["doc-0", "doc-1", "doc-2"]
