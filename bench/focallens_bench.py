@@ -1,7 +1,7 @@
 """Conditional retrieval on the generated benchmark: an unconditional encoder vs FocalLens, same images,
 same network, same training loop and budget; per-condition mAP@R and Recall@1 on the test split.
 
-    .venv/bin/python bench/focallens_bench.py --n 10000 --size 32 --epochs 24 --out /tmp/focallens-bench
+    .venv/bin/python bench/focallens_bench.py --n 10000 --size 32 --epochs 16 --out /tmp/focallens-bench
 
 Each test image queries all other test images; relevance = same value of the conditioned factor. Each
 condition is asked with the first phrasing of its factor. Writes the trained models and one contact
@@ -59,11 +59,11 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=24)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
     parser.add_argument("--out", default="/tmp/focallens-bench")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

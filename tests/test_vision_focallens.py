@@ -24,6 +24,15 @@ from vision.train_focallens import TrainSettings, contrastive_loss, save_model, 
 TINY = dict(image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, condition_tokens=2)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    """Tiny models run fastest on one thread (and leave the other cores to the rest of the suite)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def splits():
     return make_conditional(n=320, size=32, seed=1)
@@ -209,3 +218,24 @@ def test_cli_errors_exit_2_and_write_nothing(tmp_path):
         result = run(*args)
         assert result.exit_code == 2 and result.output.startswith("error:"), (args, result.output)
     assert not out.exists()
+
+
+def test_clip_text_tower_encodes_instructions(tmp_path):
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModelWithProjection
+
+    from retrieval.text_encoder import text_encoder_path
+    from vision.focallens import TextTower
+
+    tokenizer = AutoTokenizer.from_pretrained(text_encoder_path())  # any tokenizer will do for a random tower
+    config = CLIPTextConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2, projection_dim=16, max_position_embeddings=64,
+                            eos_token_id=tokenizer.sep_token_id)  # CLIP pools at the end-of-text token
+    torch.manual_seed(0)
+    CLIPTextModelWithProjection(config).save_pretrained(tmp_path / "clip")
+    tokenizer.save_pretrained(tmp_path / "clip")
+    tower = TextTower(f"hf:{tmp_path / 'clip'}")
+    emb = tower.encode(["focus on the colour", "what shape is it?"])
+    assert tower.dim == 16 and emb.shape == (2, 16) and torch.allclose(emb.norm(dim=1), torch.ones(2))
+    assert not torch.allclose(emb[0], emb[1])
+    model = FocalLens(**TINY, text_dim=16, text_encoder=f"hf:{tmp_path / 'clip'}")
+    assert model.embed(np.zeros((2, 32, 32, 3), np.uint8), "focus on the colour", device="cpu").shape == (2, 16)

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -17,6 +18,15 @@ from vision.synthetic import make_conditional, write_conditional
 from vision.train_focallens import save_model
 
 COLOUR = "focus on the colour"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    """Tiny models run fastest on one thread (and leave the other cores to the rest of the suite)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def run(*args):

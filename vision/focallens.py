@@ -92,6 +92,7 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
         text_dim: int = 384,
         condition_tokens: int = 4,
         conv_stem: bool = True,
+        temperature: float = 0.03,
         conditional: bool = True,
         text_encoder: str = DEFAULT_TEXT_ENCODER,
         mean: Sequence[float] = (0.5, 0.5, 0.5),
@@ -106,7 +107,7 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
         self.condition = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, condition_tokens * embed_dim)) if conditional else None
         self.condition_pos = nn.Parameter(torch.zeros(1, condition_tokens, embed_dim)) if conditional else None
         self.proj = nn.Linear(embed_dim, text_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
+        self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / temperature))))  # learned, as in CLIP
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
