@@ -72,6 +72,8 @@ def test_registered_models_work_through_timm_create_model():
     assert van(torch.randn(2, 3, 64, 64)).shape == (2, 10)
     assert van.forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 256, 2, 2)
     assert timm.data.resolve_data_config({}, model=van)["input_size"] == (3, 224, 224)
+    pyramid = timm.create_model("van_b0", features_only=True)(torch.randn(1, 3, 64, 64))
+    assert [f.shape[1:] for f in pyramid] == [(32, 16, 16), (64, 8, 8), (160, 4, 4), (256, 2, 2)]
     evit = timm.create_model("evit_tiny_patch16_224", img_size=64, keep_rate=0.5, num_classes=0)
     tokens = evit.forward_features(torch.randn(2, 3, 64, 64))
     assert tokens.shape[0] == 2 and tokens.shape[1] < 1 + 16  # fewer than the 16 patches + class token

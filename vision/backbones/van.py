@@ -159,7 +159,7 @@ _VARIANTS = {
 
 def _create_van(variant: str, pretrained: bool = False, **kwargs) -> VAN:
     args = {**_VARIANTS[variant], **kwargs}
-    return build_model_with_cfg(VAN, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2, 3)), **args)
+    return build_model_with_cfg(VAN, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True), **args)
 
 
 @register_model
