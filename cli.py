@@ -233,6 +233,99 @@ def embed() -> None:
 
 
 # ---- recsys commands ---------------------------------------------------------------------------
+DATA_FORMATS = click.Choice(["auto", "sasrec", "csv", "tsv", "parquet", "movielens", "recbole"])
+FETCHABLE = click.Choice(["ml-100k", "ml-1m", "ml-20m"])
+
+
+def _cutoffs(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in value.split(",") if k.strip())
+    except ValueError:
+        raise UserError(f"--k takes comma-separated integers, got {value!r}") from None
+    if not ks or min(ks) < 1:
+        raise UserError(f"--k takes positive cut-offs, got {value!r}")
+    return ks
+
+
+@train.command("sasrec")
+@click.option("--data", required=True, help="Interactions file or folder, or a fetched dataset (ml-1m).")
+@click.option("--format", "fmt", type=DATA_FORMATS, default="auto", show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@click.option("--loss", type=click.Choice(["ce", "bce", "sampled-ce", "gbce"]), default="ce", show_default=True)
+@click.option("--epochs", type=int, default=200, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--maxlen", type=int, default=50, show_default=True, help="Longest history the model reads.")
+@click.option("--hidden", type=int, default=64, show_default=True)
+@click.option("--blocks", type=int, default=2, show_default=True)
+@click.option("--heads", type=int, default=1, show_default=True)
+@click.option("--dropout", type=float, default=0.2, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--negatives", "n_negatives", type=int, default=256, show_default=True, help="sampled-ce / gbce.")
+@click.option("--gbce-t", type=float, default=0.75, show_default=True, help="gbce calibration t.")
+@click.option("--post-ln", is_flag=True, help="Post-LN blocks (default: pre-LN, as the paper's code).")
+@click.option("--patience", type=int, default=10, show_default=True, help="Evaluations without improvement.")
+@click.option("--eval-every", type=int, default=1, show_default=True, help="Validate every N epochs.")
+@click.option("--k-core", type=int, default=0, show_default=True, help="Keep users and items with >= K interactions.")
+@click.option("--min-len", type=int, default=1, show_default=True, help="Drop users with fewer interactions.")
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue from this checkpoint.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@json_option
+def train_sasrec_command(data: str, fmt: str, out: Path, post_ln: bool, as_json: bool, **options: Any) -> None:
+    """Train SASRec on next-item prediction; the best checkpoint (validation NDCG@10) goes to --out."""
+    from recsys.train import train_from_path
+
+    summary = train_from_path(data, out, fmt=fmt, pre_ln=not post_ln, **options)
+    emit(summary, as_json, lambda s: (
+        f"saved {s['out']}: best validation NDCG@10 {s['best_valid_ndcg10']:.4f} at epoch {s['best_epoch']} "
+        f"of {s['epochs_run']} ({s['seconds_per_epoch']:.1f} s/epoch, {s['users']} users, {s['items']} items)"))
+
+
+@evaluate.command("sasrec")
+@click.option("--data", required=True, help="The interactions the model was trained on (path or fetched name).")
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=DATA_FORMATS, default="auto", show_default=True)
+@click.option("--protocol", type=click.Choice(["full", "sampled100"]), default="full", show_default=True)
+@click.option("--k", "ks", default="1,5,10,20", show_default=True, callback=_cutoffs, help="Cut-offs.")
+@click.option("--keep-seen", is_flag=True, help="Rank the user's history items too (full protocol).")
+@click.option("--out", type=click.Path(path_type=Path), help="Also write the results as JSON here.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@json_option
+def eval_sasrec_command(as_json: bool, **options: Any) -> None:
+    """HR@K, NDCG@K and MRR@K on each user's last item (leave-one-out test)."""
+    from recsys.evaluate import evaluate_model
+
+    result = evaluate_model(**options)
+    emit(result, as_json, lambda r: f"{r['protocol']} ranking, {r['users']} users\n" + "\n".join(
+        f"{name:<10} {value:.4f}" for name, value in r["metrics"].items()))
+
+
+@data.command("fetch")
+@click.argument("name", type=FETCHABLE)
+@click.option("--dir", "root", type=click.Path(path_type=Path), help="Data folder (default: $RAGCLI_HOME/data).")
+@json_option
+def data_fetch_command(name: str, root: Path | None, as_json: bool) -> None:
+    """Download a MovieLens archive from GroupLens (checksum-verified, resumable) and unpack it."""
+    from recsys.fetch import fetch
+
+    emit({"dataset": name, "path": str(fetch(name, root))}, as_json, lambda r: f"{r['dataset']} is in {r['path']}")
+
+
+@data.command("stats")
+@click.argument("path")
+@click.option("--format", "fmt", type=DATA_FORMATS, default="auto", show_default=True)
+@json_option
+def data_stats_command(path: str, fmt: str, as_json: bool) -> None:
+    """Users, items, interactions and sequence-length percentiles of an interactions dataset."""
+    from recsys.data import dataset_stats
+
+    stats = dataset_stats(path, fmt)
+    emit(stats, as_json, lambda s: "\n".join([
+        f"users         {s['users']}", f"items         {s['items']}", f"interactions  {s['interactions']}",
+        "length        " + "  ".join(f"{k} {v:g}" for k, v in s["length"].items()),
+        f"item columns  {', '.join(s['item_columns']) or '-'}"]))
+
 
 # ---- retrieval commands ------------------------------------------------------------------------
 @evaluate.command("coliee")

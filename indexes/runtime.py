@@ -31,7 +31,8 @@ def progress(iterable: Iterable[T] | None = None, **kwargs) -> tqdm:
     """A tqdm bar on stderr that honours `set_progress`; pass-through otherwise."""
     kwargs.setdefault("leave", False)
     kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, disable=not _progress_enabled or kwargs.pop("disable", False), **kwargs)
+    disable = kwargs.pop("disable", False)  # popped first: `or` would skip the pop when bars are off
+    return tqdm(iterable, disable=not _progress_enabled or disable, **kwargs)
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -1,0 +1,77 @@
+"""Next-item losses compared in the SASRec literature, on the states of the non-padding positions.
+
+- `ce`: full softmax cross-entropy over every item.
+- `bce`: the SASRec paper's loss, one uniformly sampled negative per position.
+- `sampled-ce`: softmax over the positive and N negatives shared by the batch.
+- `gbce`: gSASRec's generalised BCE (Petrov & Macdonald, RecSys 2023): N shared negatives, positive
+  term raised to beta, which undoes the over-confidence that negative sampling causes (t calibrates).
+Negatives are drawn uniformly in one vectorised call; a negative equal to its position's target is masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("ce", "bce", "sampled-ce", "gbce")
+
+
+def ce_loss(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, **_) -> torch.Tensor:
+    return F.cross_entropy(states @ weight[1:].T, targets - 1)
+
+
+def bce_loss(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, *,
+             generator: torch.Generator | None = None, **_) -> torch.Tensor:
+    negatives = _uniform(weight.shape[0] - 1, targets.shape, targets.device, generator)
+    pos = (states * weight[targets]).sum(-1)
+    neg = (states * weight[negatives]).sum(-1)
+    real = (negatives != targets).float()
+    return (-F.logsigmoid(pos) - F.logsigmoid(-neg) * real).mean()
+
+
+def sampled_ce_loss(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, *, n_negatives: int = 256,
+                    generator: torch.Generator | None = None, **_) -> torch.Tensor:
+    pos, neg = _shared_negative_logits(states, targets, weight, n_negatives, generator)
+    logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+def gbce_loss(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, *, n_negatives: int = 256,
+              gbce_t: float = 0.75, generator: torch.Generator | None = None, **_) -> torch.Tensor:
+    pos, neg = _shared_negative_logits(states, targets, weight, n_negatives, generator)
+    alpha = n_negatives / (weight.shape[0] - 2)  # sampling rate among the n_items - 1 negatives
+    beta = alpha * (gbce_t * (1 - 1 / alpha) + 1 / alpha)
+    return (-beta * F.logsigmoid(pos) - F.logsigmoid(-neg).sum(1)).mean()
+
+
+def _uniform(n_items: int, shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randint(1, n_items + 1, shape, device=device, generator=generator)
+
+
+def _shared_negative_logits(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, n_negatives: int,
+                            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) positive logits and (N, n_negatives) logits of negatives shared by all positions
+    (accidental hits set to -inf, so they add nothing)."""
+    negatives = _uniform(weight.shape[0] - 1, (n_negatives,), targets.device, generator)
+    pos = (states * weight[targets]).sum(-1)
+    neg = (states @ weight[negatives].T).masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+    return pos, neg
+
+
+_BY_NAME: dict[str, Callable[..., torch.Tensor]] = {
+    "ce": ce_loss, "bce": bce_loss, "sampled-ce": sampled_ce_loss, "gbce": gbce_loss,
+}
+
+
+def sequence_loss(name: str, states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
+                  **options) -> torch.Tensor:
+    """Loss `name` over (batch, length, hidden) states and (batch, length) targets; padding (0) is ignored.
+
+    `weight` is the (n_items + 1, hidden) item embedding table; options: n_negatives, gbce_t, generator.
+    """
+    if name not in _BY_NAME:
+        raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
+    keep = targets > 0
+    return _BY_NAME[name](states[keep], targets[keep], weight, **options)

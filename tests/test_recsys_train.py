@@ -1,0 +1,120 @@
+"""Training learns a known Markov chain, checkpoints resume, and ranking through the FAISS item index
+gives the same numbers as the direct scorer."""
+
+import json
+
+import numpy as np
+import pytest
+
+from indexes import BuildRequest, QueryRequest, UserError, VectorIndex
+from indexes.metrics import hit_matrix, summarize
+from recsys import Recommender
+from recsys.data import LeaveOneOut, RawData, build_sequences
+from recsys.evaluate import evaluate
+from recsys.serve import build_index, query_index
+from recsys.synthetic import item_table, markov_interactions, write_recbole
+from recsys.train import TrainConfig, train_sasrec
+
+N_ITEMS = 40
+CONFIG = dict(loss="ce", epochs=12, batch_size=32, maxlen=10, hidden=32, blocks=1, heads=2, dropout=0.1, lr=5e-3,
+              patience=3, device="cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("chain")
+    interactions = markov_interactions(n_users=240, n_items=N_ITEMS, seed=0)
+    write_recbole(folder, "chain", interactions, item_table(N_ITEMS))
+    return folder, build_sequences(RawData(interactions))
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "chain-model"
+    summary = train_sasrec(dataset[1], out, TrainConfig(**CONFIG))
+    return out, summary
+
+
+def test_training_learns_the_chain(dataset, trained):
+    out, summary = trained
+    assert {"config.json", "model.safetensors", "item_ids.json", "training.json", "optimizer.pt"} <= {
+        p.name for p in out.iterdir()}
+    model = Recommender.from_pretrained(out, device="cpu").model
+    metrics = evaluate(model, LeaveOneOut(dataset[1], 10).case("test"), ks=(1, 10))
+    # the successor follows 90% of the time; chance would be HR@1 = 1/40
+    assert metrics["HR@1"] > 0.6, metrics
+    assert summary["best_valid_ndcg10"] > 0.6 and 1 <= summary["best_epoch"] <= summary["epochs_run"]
+
+
+def test_recommend_follows_the_chain(trained):
+    rec = Recommender.from_pretrained(trained[0], device="cpu")
+    assert rec.recommend(["5", "6", "7"], k=1)[0].id == "8"
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_checkpoint(dataset, tmp_path):
+    config = dict(CONFIG, epochs=2, patience=10)
+    train_sasrec(dataset[1], tmp_path / "m", TrainConfig(**config))
+    saved = json.loads((tmp_path / "m" / "training.json").read_text())["state"]
+    summary = train_sasrec(dataset[1], tmp_path / "m", TrainConfig(**dict(config, epochs=4)), resume=tmp_path / "m")
+    assert summary["epochs_run"] == 4
+    assert [h["epoch"] for h in summary["history"]] == list(range(1, 5))
+    assert summary["history"][: saved["epoch"]] == saved["history"]
+
+
+def test_resume_refuses_other_items(dataset, trained, tmp_path):
+    other = build_sequences(RawData(markov_interactions(n_users=50, n_items=N_ITEMS + 5, seed=1)))
+    with pytest.raises(UserError, match="other items"):
+        train_sasrec(other, tmp_path / "x", TrainConfig(**CONFIG), resume=trained[0])
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def index(dataset, trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("idx") / "chain-index"
+    build_index(BuildRequest(corpus=str(dataset[0]), model=trained[0], device="cpu"), out)
+    return VectorIndex.load(out, device="cpu")
+
+
+def test_index_holds_raw_ids_payload_and_model(index):
+    assert index.ntotal == N_ITEMS and index.metric == "ip"
+    assert index.encoder["family"] == "recsys" and (index.path / "model" / "model.safetensors").is_file()
+    hit = index.search(np.zeros((1, index.dim), np.float32) + 1, k=1)[0][0]
+    assert isinstance(hit.id, str) and hit.payload["title"] and hit.payload["genres"]
+
+
+def test_faiss_ranking_matches_the_direct_scorer(dataset, trained, index):
+    rec = Recommender.from_pretrained(trained[0], device="cpu")
+    case = LeaveOneOut(dataset[1], rec.model.maxlen).case("test")
+    histories = case.histories()
+    # the index drops every history item; compare on users whose target is new to them
+    fresh = np.array([t not in h for t, h in zip(case.targets, histories)])
+    histories = [h for h, f in zip(histories, fresh) if f]
+    queries = rec.encode(histories)
+    raw = [[rec.item_ids[i - 1] for i in h] for h in histories]
+    _, ids = index.search_ids(queries, k=20, exclude=raw)
+    hits, n_rel = hit_matrix(ids.tolist(), [[rec.item_ids[t - 1]] for t in case.targets[fresh]])
+    through_index = summarize(hits, n_rel, (1, 5, 10, 20))
+    case.inputs, case.targets = case.inputs[fresh], case.targets[fresh]
+    case.starts, case.ends, case.seen_ends = case.starts[fresh], case.ends[fresh], case.seen_ends[fresh]
+    direct = evaluate(rec.model, case, ks=(1, 5, 10, 20))
+    assert fresh.sum() > 100
+    assert through_index == pytest.approx(direct, abs=1e-12)
+
+
+def test_query_index_matches_recommend_and_checks_ids(trained, index):
+    rec = Recommender.from_pretrained(trained[0], device="cpu")
+    history = ["12", "13", "14"]
+    hits = query_index(index, QueryRequest(history=history, k=5, device="cpu"))
+    assert [h.id for h in hits] == [h.id for h in rec.recommend(history, k=5)]
+    assert not {h.id for h in hits} & set(history)
+    with pytest.raises(UserError, match="unknown item ids: nope, 999"):
+        query_index(index, QueryRequest(history=["12", "nope", "999"], k=5))
+    skipped = query_index(index, QueryRequest(history=["12", "nope"], k=5, skip_unknown=True, device="cpu"))
+    assert [h.id for h in skipped] == [h.id for h in rec.recommend(["12"], k=5)]
+
+
+def test_build_index_needs_a_model(dataset, tmp_path):
+    with pytest.raises(UserError, match="--model"):
+        build_index(BuildRequest(corpus=str(dataset[0])), tmp_path / "i")
+    assert not (tmp_path / "i").exists()
