@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vision.evaluate import evaluate_conditions  # noqa: E402
+from vision.evaluate import evaluate_focallens  # noqa: E402
 from vision.focallens import FocalLens  # noqa: E402
 from vision.sheet import write_contact_sheet  # noqa: E402
 from vision.synthetic import make_conditional  # noqa: E402
@@ -33,7 +33,7 @@ def run(conditional: bool, splits, args) -> tuple[FocalLens, dict, dict]:
                                                                 lr=args.lr, seed=args.seed, device="cpu"))
     test = splits["test"]
     conditions = {f: p[0] for f, p in test.phrasings.items()}
-    results = evaluate_conditions(lambda c: model.embed(test.images, c, batch_size=256, device="cpu"), test.labels, conditions)
+    results = evaluate_focallens(model, test, conditions, batch_size=256, device="cpu")
     save_model(model, Path(args.out) / model.name)
     print(f"{model.name}: {log['steps']} steps in {log['seconds']} s, loss {log['loss'][0]:.3f} -> {log['loss'][-1]:.3f}", flush=True)
     return model, log, results

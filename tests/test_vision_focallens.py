@@ -201,6 +201,9 @@ def test_cli_make_train_eval(tmp_path):
     metrics = json.loads(result.stdout)
     assert set(metrics) == {"colour", "size", "mean"} and 0.0 <= metrics["mean"]["mAP@R"] <= 1.0
     assert metrics["mean"]["R@1"] == pytest.approx((metrics["colour"]["R@1"] + metrics["size"]["R@1"]) / 2)
+    encoder = run("eval", "images", "--data", data, "--encoder", "timm:test_vit", "--device", "cpu", "--json")
+    assert encoder.exit_code == 0, encoder.output
+    assert set(json.loads(encoder.stdout)) == {*FACTORS, "mean"}
 
 
 def test_cli_errors_exit_2_and_write_nothing(tmp_path):

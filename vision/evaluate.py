@@ -14,6 +14,8 @@ import polars as pl
 
 from indexes import metrics
 from indexes.errors import UserError
+from vision.focallens import FocalLens, load_focallens
+from vision.synthetic import ConditionalSet, load_split
 
 
 def ranked_hits(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,21 +83,23 @@ def parse_conditions(specs: Sequence[str], phrasings: Mapping[str, Sequence[str]
     return out
 
 
+def evaluate_focallens(model: FocalLens, data: ConditionalSet, conditions: Mapping[str, str], batch_size: int = 64,
+                       device: str = "auto") -> dict[str, dict[str, float]]:
+    """`evaluate_conditions` for a FocalLens model; an unconditional one embeds the images once."""
+    return evaluate_conditions(lambda c: model.embed(data.images, c, batch_size, device), data.labels,
+                               conditions if model.conditional else dict.fromkeys(conditions))
+
+
 def evaluate_images(data: str | Path, split: str = "test", encoder: str | None = None, model: str | Path | None = None,
                     conditions: Sequence[str] = (), batch_size: int = 64, device: str = "auto") -> dict[str, dict[str, float]]:
     """Per-condition and mean retrieval metrics of a FocalLens model (`model`) or an unconditional encoder
     (`encoder` spec) on a labelled split."""
-    from vision.focallens import load_focallens
-    from vision.synthetic import load_split
-
     if (encoder is None) == (model is None):
         raise UserError("give exactly one of --encoder or --model")
     dataset = load_split(data, split)
     wanted = parse_conditions(conditions, dataset.phrasings)
     if model is not None:
-        lens = load_focallens(model)
-        return evaluate_conditions(lambda c: lens.embed(dataset.images, c, batch_size, device), dataset.labels,
-                                   wanted if lens.conditional else dict.fromkeys(wanted))
+        return evaluate_focallens(load_focallens(model), dataset, wanted, batch_size, device)
     from vision.datasets import ImageArray
     from vision.encoders import create_encoder
 

@@ -84,8 +84,8 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
     def __init__(
         self,
         image_size: int = 32,
-        patch_size: int = 4,
-        embed_dim: int = 128,
+        patch_size: int = 8,
+        embed_dim: int = 64,
         depth: int = 4,
         num_heads: int = 4,
         mlp_ratio: float = 4.0,
