@@ -179,7 +179,7 @@ def read_queries(data_dir: str | Path, years: Sequence[str]) -> list[Query]:
 
 def find_query_files(data_dir: Path) -> dict[str, Path]:
     """Year -> riteval_<year>_en.xml anywhere under `data_dir` (e.g. in train/ or test/)."""
-    return {_year_of(p): p for p in sorted(data_dir.rglob("riteval_*.xml"))}
+    return {_year_of(p): p for p in sorted(data_dir.rglob("riteval_*_en.xml"))}
 
 
 def load_coliee(data_dir: str | Path | None = None) -> Coliee:
