@@ -22,6 +22,8 @@ DEFAULT_WEIGHTS = {"bm25": 0.6, "dense": 0.4}  # tuned on COLIEE R02 for F2 (ben
 
 def build_index(request: BuildRequest, out: Path) -> VectorIndex:
     """Read the COLIEE folder (default: the bundled sample), embed every article, save the index at `out`."""
+    if request.model is not None:
+        raise UserError("a coliee index holds BM25 + dense; evaluate a trained model with `ragcli eval coliee --model DIR`")
     articles = load_coliee(request.data_dir).articles
     ids = [a.id for a in articles]
     texts = [a.search_text for a in articles]

@@ -1,6 +1,7 @@
 """`ragcli index build --corpus coliee` and `ragcli index query` on the bundled sample, with the real MiniLM."""
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -48,3 +49,13 @@ def test_build_errors_exit_2_and_write_nothing(tmp_path):
     (tmp_path / "civil_code_en-x.txt").write_text("Part I Nothing here\n", encoding="utf-8")
     result = CliRunner().invoke(ragcli, ["index", "build", "--corpus", "coliee", "--data-dir", str(tmp_path), "--name", str(out)])
     assert result.exit_code == 2 and "no articles found" in result.output and not out.exists()
+    result = CliRunner().invoke(ragcli, ["index", "build", "--corpus", "coliee", "--model", str(tmp_path), "--name", str(out)])
+    assert result.exit_code == 2 and "eval coliee --model" in result.output and not out.exists()
+
+
+def test_query_without_bm25_beside_the_vectors_is_a_user_error(sample_index, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(sample_index[0], broken)
+    shutil.rmtree(broken / "bm25")
+    result = CliRunner().invoke(ragcli, ["index", "query", str(broken), "minor contract"])
+    assert result.exit_code == 2 and "no BM25 index" in result.output
