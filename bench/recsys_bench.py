@@ -1,10 +1,12 @@
-"""SASRec benchmark: train on a dataset with one loss, then test under both protocols (run by hand).
+"""SASRec benchmark on Amazon Games and MovieLens-100k (run by hand, never in tests).
 
-    python bench/recsys_bench.py run --dataset games --loss bce     # one run, results JSON in --out
-    python bench/recsys_bench.py table                              # markdown table of every finished run
+    python bench/recsys_bench.py run --dataset games --loss bce    # train, then test; JSON into --out
+    python bench/recsys_bench.py evaluate --dataset games --loss ce # test the best checkpoint of a stopped run
+    python bench/recsys_bench.py speed --loss bce --epochs 3        # epoch time at the reference settings
+    python bench/recsys_bench.py table                             # markdown table of every result JSON
 
-Reports HR@10 / NDCG@10 (full ranking and sampled100) on the leave-one-out test items, seconds per
-epoch (mean over the epochs run), epochs to the best validation NDCG@10, and peak memory.
+Quality: HR@10 / NDCG@10 of the leave-one-out test items under full ranking and sampled100, epochs to
+the best validation NDCG@10, seconds per epoch (wall and process CPU), peak resident memory.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -22,64 +25,107 @@ sys.path.insert(0, str(ROOT))
 from recsys.data import LeaveOneOut, load_sequences  # noqa: E402
 from recsys.evaluate import evaluate  # noqa: E402
 from recsys.recommender import Recommender  # noqa: E402
-from recsys.train import TrainConfig, train_sasrec  # noqa: E402
+from recsys.train import STATE_FILE, TrainConfig, train_sasrec  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "recsys"
-# The SASRec paper's settings: Games (sparse) with maxlen 50 and dropout 0.5, MovieLens (dense) with 200 / 0.2.
+# The SASRec paper's settings: sparse Games with maxlen 50 and dropout 0.5, dense MovieLens with 200 and 0.2.
 DATASETS = {
     "games": {"path": DATA / "amazon-games.txt", "maxlen": 50, "dropout": 0.5},
     "ml-100k": {"path": DATA / "ml-100k", "maxlen": 200, "dropout": 0.2},
 }
 
 
-def run(args: argparse.Namespace) -> None:
+def config_for(args: argparse.Namespace) -> TrainConfig:
+    """The paper's reference settings: hidden 50, 2 blocks, 1 head, batch 128, lr 1e-3."""
     spec = DATASETS[args.dataset]
-    torch.set_num_threads(args.threads)
-    seqs = load_sequences(args.data or spec["path"])
-    config = TrainConfig(loss=args.loss, epochs=args.epochs, batch_size=128, maxlen=spec["maxlen"], hidden=50,
-                         blocks=2, heads=1, dropout=spec["dropout"], lr=1e-3, patience=args.patience,
-                         eval_every=args.eval_every, device="cpu", seed=0)
+    return TrainConfig(loss=args.loss, epochs=args.epochs, batch_size=128, maxlen=spec["maxlen"], hidden=50, blocks=2,
+                       heads=1, dropout=spec["dropout"], lr=1e-3, patience=args.patience, eval_every=args.eval_every,
+                       device="cpu", seed=0)
+
+
+def test_metrics(args: argparse.Namespace, model_dir: Path, seqs) -> dict:
+    model = Recommender.from_pretrained(model_dir, device="cpu").model
+    test = LeaveOneOut(seqs, model.maxlen).case("test")
+    return {"full": evaluate(model, test, "full", ks=(10,)), "sampled100": evaluate(model, test, "sampled100", ks=(10,))}
+
+
+def run(args: argparse.Namespace) -> None:
+    seqs = load_sequences(args.data or DATASETS[args.dataset]["path"])
     name = f"{args.dataset}-{args.loss}"
-    summary = train_sasrec(seqs, args.out / name / "model", config)
-    model = Recommender.from_pretrained(args.out / name / "model", device="cpu").model
-    test = LeaveOneOut(seqs, config.maxlen).case("test")
-    result = {
+    summary = train_sasrec(seqs, args.out / name / "model", config_for(args))
+    keys = ("epochs_run", "best_epoch", "best_valid_ndcg10", "seconds_per_epoch", "cpu_seconds_per_epoch", "peak_memory_mb")
+    write(args, name, {"dataset": args.dataset, "loss": args.loss, "users": seqs.n_users, "items": seqs.n_items,
+                       **test_metrics(args, args.out / name / "model", seqs), **{k: summary[k] for k in keys}})
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> None:
+    """For a run stopped before early stopping ended it: its best checkpoint, and what the log said."""
+    seqs = load_sequences(args.data or DATASETS[args.dataset]["path"])
+    name = f"{args.dataset}-{args.loss}"
+    state = json.loads((args.out / name / "model" / STATE_FILE).read_text())["state"]
+    history = state["history"]
+    write(args, name, {
         "dataset": args.dataset, "loss": args.loss, "users": seqs.n_users, "items": seqs.n_items,
-        "threads": args.threads, "full": evaluate(model, test, "full", ks=(10,)),
-        "sampled100": evaluate(model, test, "sampled100", ks=(10,)),
-        **{k: summary[k] for k in ("epochs_run", "best_epoch", "best_valid_ndcg10", "seconds_per_epoch", "peak_memory_mb")},
-    }
+        **test_metrics(args, args.out / name / "model", seqs), "epochs_run": args.epochs_run or state["epoch"],
+        "best_epoch": state["best_epoch"], "best_valid_ndcg10": state["best_valid_ndcg10"],
+        "seconds_per_epoch": sum(h["seconds"] for h in history) / len(history),
+        "cpu_seconds_per_epoch": sum(h.get("cpu_seconds", float("nan")) for h in history) / len(history),
+        "peak_memory_mb": args.peak_mb or state.get("peak_memory_mb", float("nan")), "stopped_by_hand": True})
+
+
+def speed(args: argparse.Namespace) -> None:
+    """Training epochs only (no validation) at the reference settings; wall and CPU seconds per epoch."""
+    seqs = load_sequences(args.data or DATASETS[args.dataset]["path"])
+    config = config_for(args)
+    config.eval_every = config.epochs + 1  # never validate: time training alone
+    start = time.perf_counter()
+    summary = train_sasrec(seqs, args.out / "speed" / args.loss, config)
+    print(json.dumps({"dataset": args.dataset, "loss": args.loss, "threads": torch.get_num_threads(),
+                      "epochs": summary["epochs_run"], "wall_s_per_epoch": summary["seconds_per_epoch"],
+                      "cpu_s_per_epoch": summary["cpu_seconds_per_epoch"], "total_s": time.perf_counter() - start,
+                      "per_epoch": [(round(h["seconds"], 1), round(h["cpu_seconds"], 1)) for h in summary["history"]]}))
+
+
+def write(args: argparse.Namespace, name: str, result: dict) -> None:
+    result["threads"] = torch.get_num_threads()
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 
 def table(args: argparse.Namespace) -> None:
     print("| dataset | loss | HR@10 full | NDCG@10 full | HR@10 sampled100 | NDCG@10 sampled100 "
-          "| s/epoch | epochs to best (run) | peak RSS MB |")
+          "| s/epoch wall (CPU) | best epoch (epochs run) | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for file in sorted(args.out.glob("*.json")):
         r = json.loads(file.read_text())
+        note = " (stopped by hand)" if r.get("stopped_by_hand") else ""
         print(f"| {r['dataset']} | {r['loss']} | {r['full']['HR@10']:.4f} | {r['full']['NDCG@10']:.4f} "
-              f"| {r['sampled100']['HR@10']:.4f} | {r['sampled100']['NDCG@10']:.4f} | {r['seconds_per_epoch']:.1f} "
-              f"| {r['best_epoch']} ({r['epochs_run']}) | {r['peak_memory_mb']:.0f} |")
+              f"| {r['sampled100']['HR@10']:.4f} | {r['sampled100']['NDCG@10']:.4f} "
+              f"| {r['seconds_per_epoch']:.1f} ({r['cpu_seconds_per_epoch']:.1f}) "
+              f"| {r['best_epoch']} ({r['epochs_run']}{note}) | {r['peak_memory_mb']:.0f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "recsys")
     sub = parser.add_subparsers(dest="command", required=True)
-    one = sub.add_parser("run")
-    one.add_argument("--dataset", choices=DATASETS, required=True)
-    one.add_argument("--data", type=Path, help="Override the dataset path.")
-    one.add_argument("--loss", default="ce")
-    one.add_argument("--epochs", type=int, default=200)
-    one.add_argument("--patience", type=int, default=5, help="In evaluations, not epochs.")
-    one.add_argument("--eval-every", type=int, default=1)
-    one.add_argument("--threads", type=int, default=1,
-                     help="torch threads; 1 because the 2 cores are shared (2 threads spin-wait when contended).")
+    for command in ("run", "evaluate", "speed"):
+        one = sub.add_parser(command)
+        one.add_argument("--dataset", choices=DATASETS, default="games")
+        one.add_argument("--data", type=Path, help="Override the dataset path.")
+        one.add_argument("--loss", default="ce")
+        one.add_argument("--epochs", type=int, default=200)
+        one.add_argument("--patience", type=int, default=5, help="In evaluations, not epochs.")
+        one.add_argument("--eval-every", type=int, default=1)
+        one.add_argument("--threads", type=int, default=1,
+                         help="torch threads (1: the 2 cores are shared, and 2 threads spin-wait when contended)")
+        one.add_argument("--epochs-run", type=int, help="evaluate: epochs the stopped run had finished (its log).")
+        one.add_argument("--peak-mb", type=float, help="evaluate: peak RSS of the stopped run (VmHWM).")
     sub.add_parser("table")
     args = parser.parse_args()
-    run(args) if args.command == "run" else table(args)
+    if args.command != "table":
+        torch.set_num_threads(args.threads)
+    {"run": run, "evaluate": evaluate_checkpoint, "speed": speed, "table": table}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -108,15 +108,17 @@ def train_sasrec(seqs: Sequences, out: str | Path, config: TrainConfig, resume: 
     model, optimizer, state = _start(seqs, config, device, resume)
     net = DistributedDataParallel(model) if world > 1 else model
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
-        loss, seconds = _train_epoch(net, model, optimizer, inputs, targets, config, epoch, device, rank, world)
+        loss, seconds, cpu_seconds = _train_epoch(net, model, optimizer, inputs, targets, config, epoch, device,
+                                                  rank, world)
         state["epoch"] = epoch
-        state["history"].append({"epoch": epoch, "loss": loss, "seconds": seconds})
+        state["history"].append({"epoch": epoch, "loss": loss, "seconds": seconds, "cpu_seconds": cpu_seconds})
         if epoch % config.eval_every and epoch != config.epochs:
             continue
         stop = torch.zeros(1, device=device)
         if rank == 0:
             ndcg = evaluate(model, valid, ks=(10,), seed=config.seed)["NDCG@10"]
             state["history"][-1]["valid_ndcg10"] = ndcg
+            state["peak_memory_mb"] = round(_peak_memory_mb(device), 1)
             if ndcg > state["best_valid_ndcg10"]:
                 state.update(best_valid_ndcg10=ndcg, best_epoch=epoch)
                 save_checkpoint(out, Recommender(model, seqs.item_ids), optimizer, state, config)
@@ -162,15 +164,15 @@ def _batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator)
 
 def _train_epoch(net: torch.nn.Module, model: SASRec, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
                  targets: torch.Tensor, config: TrainConfig, epoch: int, device: str, rank: int,
-                 world: int) -> tuple[float, float]:
-    """One pass over every user (this rank's share under DDP); returns (mean loss, seconds)."""
+                 world: int) -> tuple[float, float, float]:
+    """One pass over every user (this rank's share under DDP); returns (mean loss, wall seconds, CPU seconds)."""
     net.train()
     lengths = (inputs > 0).sum(1)
     batches = _batches(lengths, config.batch_size, torch.Generator().manual_seed(config.seed * 100_003 + epoch))
     batches = batches[: len(batches) - len(batches) % world][rank::world] if world > 1 else batches
     negatives = torch.Generator(device=device).manual_seed(config.seed * 100_003 + epoch * world + rank)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
-    total, seen, start = torch.zeros((), device=device), 0, time.perf_counter()
+    total, seen, start, cpu_start = torch.zeros((), device=device), 0, time.perf_counter(), time.process_time()
     bar = progress(batches, desc=f"epoch {epoch}", unit="batch", disable=rank > 0)
     for step, rows in enumerate(bar, 1):
         width = int(lengths[rows].max())
@@ -186,7 +188,7 @@ def _train_epoch(net: torch.nn.Module, model: SASRec, optimizer: torch.optim.Opt
         seen += len(rows)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{total.item() / step:.4f}", seq_s=f"{seen / (time.perf_counter() - start):.0f}")
-    return total.item() / max(len(batches), 1), time.perf_counter() - start
+    return total.item() / max(len(batches), 1), time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def save_checkpoint(out: str | Path, recommender: Recommender, optimizer: torch.optim.Optimizer,
@@ -199,12 +201,13 @@ def save_checkpoint(out: str | Path, recommender: Recommender, optimizer: torch.
 
 
 def _summary(out: str | Path, seqs: Sequences, state: dict[str, Any], device: str) -> dict[str, Any]:
-    times = [h["seconds"] for h in state["history"]]
+    epochs = max(len(state["history"]), 1)
     return {
         "out": str(out), "users": seqs.n_users, "items": seqs.n_items, "interactions": int(len(seqs.items)),
         "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
         "best_valid_ndcg10": state["best_valid_ndcg10"],
-        "seconds_per_epoch": sum(times) / len(times) if times else 0.0,
+        "seconds_per_epoch": sum(h["seconds"] for h in state["history"]) / epochs,
+        "cpu_seconds_per_epoch": sum(h.get("cpu_seconds", 0.0) for h in state["history"]) / epochs,
         "peak_memory_mb": round(_peak_memory_mb(device), 1), "device": device, "history": state["history"],
     }
 
