@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -59,3 +60,21 @@ def test_query_without_bm25_beside_the_vectors_is_a_user_error(sample_index, tmp
     shutil.rmtree(broken / "bm25")
     result = CliRunner().invoke(ragcli, ["index", "query", str(broken), "minor contract"])
     assert result.exit_code == 2 and "no BM25 index" in result.output
+
+
+def test_dense_retriever_scores_every_article_by_cosine():
+    from retrieval.coliee import load_coliee
+    from retrieval.dense import DenseRetriever
+
+    articles = load_coliee().articles
+    dense = DenseRetriever.build([a.search_text for a in articles], [a.id for a in articles], device="cpu")
+    assert np.allclose(np.linalg.norm(dense.vectors, axis=1), 1, atol=1e-5)
+    scores = dense.scores(["A tenant sublets the flat without the landlord's consent", "threats and fraud"])
+    assert scores.shape == (2, len(articles)) and np.all(scores <= 1 + 1e-5)
+    assert dense.article_ids[scores[0].argmax()] == "612" and dense.article_ids[scores[1].argmax()] == "96"
+
+
+def test_unknown_encoder_is_a_user_error(tmp_path):
+    result = CliRunner().invoke(ragcli, ["index", "build", "--corpus", "coliee", "--encoder", str(tmp_path / "no-model"),
+                                         "--name", str(tmp_path / "idx")])
+    assert result.exit_code == 2 and "cannot load sentence encoder" in result.output and not (tmp_path / "idx").exists()
