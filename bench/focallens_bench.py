@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from indexes.runtime import seed_everything  # noqa: E402
 from vision.evaluate import evaluate_focallens  # noqa: E402
 from vision.focallens import FocalLens  # noqa: E402
 from vision.sheet import write_contact_sheet  # noqa: E402
@@ -27,6 +28,7 @@ from vision.train_focallens import TrainSettings, save_model, train_focallens  #
 
 
 def run(conditional: bool, splits, args) -> tuple[FocalLens, dict, dict]:
+    seed_everything(args.seed)  # the initial weights too
     model = FocalLens(image_size=args.size, patch_size=args.patch, embed_dim=args.dim, depth=args.depth,
                       num_heads=args.heads, conditional=conditional)
     log = train_focallens(model, splits["train"], TrainSettings(epochs=args.epochs, batch_size=args.batch_size,

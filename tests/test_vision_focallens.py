@@ -41,6 +41,7 @@ def splits():
 @pytest.fixture(scope="module")
 def trained(splits):
     """A tiny FocalLens after a few steps, and its training log."""
+    torch.manual_seed(0)
     model = FocalLens(**TINY)
     log = train_focallens(model, splits["train"], TrainSettings(epochs=6, batch_size=64, lr=3e-3, device="cpu"))
     return model, log
@@ -97,6 +98,8 @@ def test_written_dataset_reads_back(tmp_path, splits):
     assert test.phrasings == PHRASINGS
     with pytest.raises(UserError, match="no 'val' split"):
         load_split(tmp_path / "bench", "val")
+    generated = load_split("generated", "test", image_size=16)
+    assert len(generated) == 2000 and generated.images.shape[1:] == (16, 16, 3)
 
 
 # ---- model and training -------------------------------------------------------------------------

@@ -100,8 +100,11 @@ def query_index(index: VectorIndex, request: QueryRequest) -> list[Hit]:
 
 
 def _payload(corpus: ImageSet, source: Path) -> pl.DataFrame:
-    """Labels plus where each image's pixels are: its file (`path`), or its `row` in the archive `path`."""
+    """Labels (and a `caption` joining them), plus where each image's pixels are: its file (`path`), or
+    its `row` in the archive `path`."""
     labels = corpus.labels.drop("id")
+    if labels.width:
+        labels = labels.with_columns(caption=pl.concat_str(pl.all().cast(pl.Utf8), separator=", ", ignore_nulls=True))
     if corpus.paths is not None:
         return labels.with_columns(path=pl.Series([str(p.resolve()) for p in corpus.paths]))
     return labels.with_columns(path=pl.lit(str(source)), row=pl.Series(range(len(corpus)), dtype=pl.Int64))

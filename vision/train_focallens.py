@@ -25,9 +25,9 @@ from vision.synthetic import ConditionalSet, load_split
 
 @dataclass
 class TrainSettings:
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
+    epochs: int = 16
+    batch_size: int = 64
+    lr: float = 2e-3
     weight_decay: float = 0.05
     warmup: float = 0.05  # fraction of steps with a linear warm-up, then cosine decay
     seed: int = 0
@@ -129,15 +129,17 @@ def save_model(model: FocalLens, out: str | Path) -> Path:
     return Path(out)
 
 
-def train_from_data(data: str | Path, out: str | Path, unconditional: bool = False, epochs: int = 24,
-                    batch_size: int = 128, lr: float = 1e-3, image_size: int = 32, text_encoder: str | None = None,
+def train_from_data(data: str | Path, out: str | Path, unconditional: bool = False, epochs: int = 16,
+                    batch_size: int = 64, lr: float = 2e-3, image_size: int = 32, text_encoder: str | None = None,
                     device: str = "auto", seed: int = 0, **vit: int) -> dict:
     """Train FocalLens (or the unconditional baseline) on `data`'s train split and save it to `out`.
 
     `vit`: patch_size, embed_dim, depth, num_heads of the ViT."""
     train = load_split(data, "train", image_size, seed)
     text_encoder = text_encoder or DEFAULT_TEXT_ENCODER
-    model = FocalLens(image_size=image_size, text_dim=text_tower(text_encoder).dim, conditional=not unconditional,
+    text_dim = text_tower(text_encoder).dim
+    seed_everything(seed)  # the initial weights too
+    model = FocalLens(image_size=image_size, text_dim=text_dim, conditional=not unconditional,
                       text_encoder=text_encoder, **vit)
     log = train_focallens(model, train, TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device))
     return {**log, "path": str(save_model(model, out))}
