@@ -87,6 +87,8 @@ def evaluate_coliee(data_dir: Path | None, years: Sequence[str], model: str = "h
                     device: str = "auto", run: Path | None = None, run_id: str | None = None) -> dict[str, Any]:
     """Score the queries of `years`, tuning on `valid_years` if given (else the 0.9 ratio and equal
     weights); optionally write the run file. Returns the settings and the metrics."""
+    if run is not None and not Path(run).parent.is_dir():
+        raise UserError(f"cannot write the run file {run}: no folder {Path(run).parent}")
     data = load_coliee(data_dir)
     test = data.queries(years)
     valid = data.queries(valid_years) if valid_years else []

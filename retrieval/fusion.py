@@ -36,7 +36,7 @@ def weight_grid(n: int, step: float = 0.05) -> np.ndarray:
 def tune_weights(matrices: Sequence[np.ndarray], objective: Callable[[np.ndarray], float],
                  step: float = 0.05) -> tuple[np.ndarray, float]:
     """The grid weights whose fused scores maximise `objective` (e.g. validation F2); ties go to the
-    first (BM25-heavy end of the grid). Returns (weights, best objective)."""
+    earliest grid point, where the last retriever weighs most. Returns (weights, best objective)."""
     normalized = [normalize(m) for m in matrices]
     grid = weight_grid(len(matrices), step)
     values = [objective(sum(w * m for w, m in zip(weights, normalized))) for weights in grid]

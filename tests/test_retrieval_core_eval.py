@@ -141,6 +141,11 @@ def test_eval_cli_errors_exit_2_and_write_no_run(tmp_path, args, message):
     assert result.exit_code == 2 and message in result.output and not run.exists()
 
 
+def test_eval_cli_run_file_in_a_missing_folder(tmp_path):
+    result = CliRunner().invoke(ragcli, ["eval", "coliee", "--model", "bm25", "--run", str(tmp_path / "no" / "x.run")])
+    assert result.exit_code == 2 and "no folder" in result.output
+
+
 def test_eval_cli_json_and_text():
     result = CliRunner().invoke(ragcli, ["eval", "coliee", "--model", "bm25", "--years", "R02,R03", "--json"])
     assert result.exit_code == 0, result.output
