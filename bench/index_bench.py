@@ -3,8 +3,8 @@
     .venv/bin/python bench/index_bench.py --n 1000000 --dim 128 --kinds flat,hnsw,ivf-pq
 
 Both sides build the same FAISS factory string on the same vectors (the engine adds ids and a DuckDB
-payload). Search QPS is the median of interleaved rounds (engine, raw, engine, raw, ...) so machine
-noise hits both alike. "engine" is `VectorIndex.search_ids` (validation, id mapping); "+payload" is
+payload). Search times are paired: each batch runs through the engine and raw FAISS back to back
+(alternating which goes first), so load from other processes hits both alike. "engine" is `VectorIndex.search_ids` (validation, id mapping); "+payload" is
 `VectorIndex.search`, which also joins each hit with its DuckDB row. Recall@10 is against exact search.
 """
 
@@ -39,16 +39,19 @@ def timed(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def qps(fn, queries: np.ndarray, batch: int, budget_s: float) -> float:
-    """Queries per second of `fn` over `queries` in batches, running for about budget_s."""
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < budget_s or done == 0:
-        for b in range(0, len(queries), batch):
-            fn(queries[b : b + batch])
-            done += len(queries[b : b + batch])
-            if time.perf_counter() - start >= budget_s:
-                break
-    return done / (time.perf_counter() - start)
+def paired_seconds(fns: list, queries: np.ndarray, batch: int, budget_s: float) -> tuple[np.ndarray, int]:
+    """Mean seconds per batch of each of `fns` on the same batches, run back to back (order
+    alternating) so that load from other processes hits them alike; and the number of batches."""
+    totals = np.zeros(len(fns))
+    start, step = time.perf_counter(), 0
+    while time.perf_counter() - start < budget_s or step == 0:
+        b = (step * batch) % len(queries)
+        chunk = queries[b : b + batch]
+        order = range(len(fns)) if step % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            totals[i] += timed(fns[i], chunk)
+        step += 1
+    return totals / step, step
 
 
 def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
@@ -73,18 +76,16 @@ def bench_kind(kind: str, x: np.ndarray, queries: np.ndarray, truth: np.ndarray,
         save_s = timed(engine.save, Path(tmp) / "ix")
     rows = []
     for batch in args.batches:
-        engine_qps, raw_qps, payload_qps = [], [], []
-        for _ in range(args.rounds):
-            engine_qps.append(qps(lambda q: engine.search_ids(q, 10), queries, batch, args.budget))
-            raw_qps.append(qps(lambda q: raw.search(q, 10), queries, batch, args.budget))
-            if args.payload:
-                payload_qps.append(qps(lambda q: engine.search(q, 10), queries, batch, args.budget))
-        e, r = statistics.median(engine_qps), statistics.median(raw_qps)
+        fns = [lambda q: engine.search_ids(q, 10), lambda q: raw.search(q, 10)]
+        if args.payload:
+            fns.append(lambda q: engine.search(q, 10))
+        seconds, steps = paired_seconds(fns, queries, batch, args.budget)
+        per_second = min(batch, len(queries)) / seconds
         rows.append({
             "kind": factory, "batch": batch, "build_raw_s": raw_build, "build_engine_s": engine_build,
-            "save_s": save_s, "qps_raw": r, "qps_engine": e,
-            "qps_payload": statistics.median(payload_qps) if payload_qps else float("nan"),
-            "overhead": r / e - 1,
+            "save_s": save_s, "qps_engine": per_second[0], "qps_raw": per_second[1],
+            "qps_payload": per_second[2] if args.payload else float("nan"),
+            "overhead": seconds[0] / seconds[1] - 1, "steps": steps,
             "recall_raw": recall_at_10(raw.search(queries, 10)[1], truth),
             "recall_engine": recall_at_10(engine.search_ids(queries, 10)[1], truth),
         })
@@ -98,14 +99,16 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1024)
     parser.add_argument("--kinds", default="flat,hnsw,ivf-pq")
     parser.add_argument("--batches", default="1,1024", type=lambda s: [int(b) for b in s.split(",")])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--budget", type=float, default=3.0, help="seconds per QPS measurement")
+    parser.add_argument("--budget", type=float, default=20.0, help="seconds of paired timing per kind and batch")
     parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument("--ef-search", type=int, default=64)
     parser.add_argument("--train-size", type=int, default=200_000, help="rows IVF / PQ train on")
     parser.add_argument("--payload", action="store_true", help="store a title per row and time search() too")
+    parser.add_argument("--threads", type=int, default=0, help="FAISS threads (0: all cores)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
 
     x = clustered_vectors(args.n + args.queries, args.dim, args.seed)
     x, queries = x[: args.n], x[args.n :]
