@@ -167,10 +167,11 @@ def _read_recbole(path: Path) -> RawData:
 
 
 def _read_atomic(path: Path) -> pl.DataFrame:
-    frame = pl.read_csv(path, separator="\t", infer_schema=False, quote_char=None, encoding="utf8-lossy")
-    frame = frame.rename({c: c.split(":")[0] for c in frame.columns})
-    numeric = [c for c, typed in zip(frame.columns, pl.read_csv(path, separator="\t", n_rows=0).columns)
-               if typed.endswith(":float")]
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        header = [field.split(":") for field in fh.readline().rstrip("\r\n").split("\t")]
+    frame = pl.read_csv(path, separator="\t", infer_schema=False, quote_char=None, encoding="utf8-lossy",
+                        new_columns=[name for name, *_ in header])
+    numeric = [name for name, *typed in header if typed == ["float"]]
     return frame.with_columns(pl.col(numeric).cast(pl.Float64, strict=False))
 
 
@@ -291,6 +292,11 @@ class EvalCase:
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def subset(self, keep: np.ndarray) -> EvalCase:
+        """The queries where the boolean mask `keep` is true."""
+        return EvalCase(self.inputs[torch.from_numpy(keep)], self.targets[keep], self.items, self.starts[keep],
+                        self.ends[keep], self.seen_ends[keep])
 
     def histories(self) -> list[np.ndarray]:
         """Each query's history as an array (for callers that need lists, e.g. index exclusion)."""
