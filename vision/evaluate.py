@@ -91,7 +91,8 @@ def evaluate_focallens(model: FocalLens, data: ConditionalSet, conditions: Mappi
 
 
 def evaluate_images(data: str | Path, split: str = "test", encoder: str | None = None, model: str | Path | None = None,
-                    conditions: Sequence[str] = (), batch_size: int = 64, device: str = "auto") -> dict[str, dict[str, float]]:
+                    conditions: Sequence[str] = (), batch_size: int = 64,
+                    device: str = "auto") -> dict[str, dict[str, float]]:
     """Per-condition and mean retrieval metrics of a FocalLens model (`model`) or an unconditional encoder
     (`encoder` spec) on a labelled split."""
     if (encoder is None) == (model is None):

@@ -104,7 +104,8 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
                                      num_heads=num_heads, mlp_ratio=mlp_ratio, num_classes=0, global_pool="token")
         if conv_stem:
             self.vit.patch_embed.proj = conv_stem_layers(patch_size, embed_dim)
-        self.condition = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, condition_tokens * embed_dim)) if conditional else None
+        self.condition = (nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, condition_tokens * embed_dim))
+                          if conditional else None)
         self.condition_pos = nn.Parameter(torch.zeros(1, condition_tokens, embed_dim)) if conditional else None
         self.proj = nn.Linear(embed_dim, text_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / temperature))))  # learned, as in CLIP

@@ -69,10 +69,11 @@ def build_index(request: BuildRequest, out: Path) -> VectorIndex:
         raise UserError("--condition needs a FocalLens --model; an --encoder embeds images unconditionally")
     corpus = load_images(request.images)
     vectors = _embed(encoder, corpus.images, condition, request.device)
+    source = Path(request.images).resolve()
     index = VectorIndex.build(
-        vectors, corpus.ids, _payload(corpus, Path(request.images).resolve()), kind=request.kind, metric=request.metric or "cosine", device=request.device,
-        encoder={"family": "vision", "kind": kind, **encoder.describe(), "condition": condition,
-                 "model_dir": MODEL_DIR, "images": str(Path(request.images).resolve())},
+        vectors, corpus.ids, _payload(corpus, source), kind=request.kind, metric=request.metric or "cosine",
+        device=request.device, encoder={"family": "vision", **encoder.describe(), "kind": kind, "condition": condition,
+                                        "model_dir": MODEL_DIR, "images": str(source)},
     )
     index.save(out, extras={MODEL_DIR: encoder.save_pretrained})
     return index

@@ -56,7 +56,8 @@ def _targets(data: ConditionalSet, model: FocalLens, device: str) -> _Targets:
     answers, inverse = np.unique(np.stack(answer_cols, axis=1), return_inverse=True)
     tower = text_tower(model.text_encoder, device)
     if tower.dim != model.dim:
-        raise UserError(f"text encoder {model.text_encoder!r} gives {tower.dim}-d embeddings; the model projects to {model.dim}")
+        raise UserError(f"text encoder {model.text_encoder!r} gives {tower.dim}-d embeddings; "
+                        f"the model projects to {model.dim}")
     lookup = {t: i for i, t in enumerate(instructions)}
     return _Targets(
         instructions=torch.tensor([[lookup[t] for t in row] for row in table]),
@@ -66,7 +67,8 @@ def _targets(data: ConditionalSet, model: FocalLens, device: str) -> _Targets:
     )
 
 
-def contrastive_loss(images: torch.Tensor, answer_ids: torch.Tensor, answer_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(images: torch.Tensor, answer_ids: torch.Tensor, answer_emb: torch.Tensor,
+                     scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE between image embeddings and the batch's distinct answers.
 
     Images sharing an answer are all positives of that answer, never negatives of each other."""
@@ -98,11 +100,12 @@ def train_focallens(model: FocalLens, data: ConditionalSet, settings: TrainSetti
     steps_per_epoch = len(data) // batch
     total = settings.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, max(1, int(settings.warmup * total))))
+    warmup = max(1, int(settings.warmup * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, warmup))
     generator = torch.Generator().manual_seed(settings.seed)
     n_factors, n_phrasings = targets.instructions.shape
     history, started = [], time.perf_counter()
-    for epoch in progress(range(settings.epochs), desc="train focallens", unit="epoch"):
+    for _ in progress(range(settings.epochs), desc="train focallens", unit="epoch"):
         order = torch.randperm(len(data), generator=generator)[: steps_per_epoch * batch].view(steps_per_epoch, batch)
         factor = torch.randint(n_factors, order.shape, generator=generator)
         phrasing = torch.randint(n_phrasings, order.shape, generator=generator)
@@ -111,7 +114,8 @@ def train_focallens(model: FocalLens, data: ConditionalSet, settings: TrainSetti
             pixels = model.normalize(images[rows].to(device))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
                 emb = model(pixels, targets.instruction_emb[targets.instructions[f, p].to(device)])
-            loss = contrastive_loss(emb.float(), targets.answers[rows, f].to(device), targets.answer_emb, model.logit_scale.exp().clamp(max=100))
+            scale = model.logit_scale.exp().clamp(max=100)  # CLIP's cap
+            loss = contrastive_loss(emb.float(), targets.answers[rows, f].to(device), targets.answer_emb, scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
