@@ -8,8 +8,8 @@ which is what FocalLens embeddings must capture. Everything is vectorised NumPy 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +28,21 @@ FACTORS: dict[str, tuple[str, ...]] = {
     "background": ("plain", "stripes", "checks"),
 }
 PHRASINGS: dict[str, tuple[str, ...]] = {
-    "shape": ("focus on the shape", "what shape is the object?", "which shape is drawn?", "describe the object's outline"),
-    "colour": ("focus on the colour", "what colour is the object?", "which colour is the shape painted?", "name the object's hue"),
+    "shape": ("focus on the shape", "what shape is the object?", "which shape is drawn?",
+              "describe the object's outline"),
+    "colour": ("focus on the colour", "what colour is the object?", "which colour is the shape painted?",
+               "name the object's hue"),
     "size": ("focus on the size", "how big is the object?", "is the shape small or large?", "what size is the object?"),
-    "position": ("focus on the position", "where is the object?", "which corner is the shape in?", "locate the object in the frame"),
-    "background": ("focus on the background", "what pattern is behind the object?", "describe the backdrop", "which texture fills the background?"),
+    "position": ("focus on the position", "where is the object?", "which corner is the shape in?",
+                 "locate the object in the frame"),
+    "background": ("focus on the background", "what pattern is behind the object?", "describe the backdrop",
+                   "which texture fills the background?"),
 }
-_RGB = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40), "magenta": (210, 50, 200)}
+_RGB = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40),
+        "magenta": (210, 50, 200)}
 _RADIUS = {"small": 0.13, "large": 0.22}  # half-extent of the object, as a fraction of the image side
-_CENTRE = {"top left": (0.27, 0.27), "top right": (0.73, 0.27), "bottom left": (0.27, 0.73), "bottom right": (0.73, 0.73)}
+_CENTRE = {"top left": (0.27, 0.27), "top right": (0.73, 0.27), "bottom left": (0.27, 0.73),
+           "bottom right": (0.73, 0.73)}
 CONDITIONS_FILE = "conditions.json"
 
 
