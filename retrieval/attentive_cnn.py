@@ -66,7 +66,7 @@ class Vocab:
 class TokenFeaturizer:
     """Texts -> (N, S, W) word-id tensors: up to `max_sentences` sentences of `max_words` words."""
 
-    def __init__(self, vocab: Vocab, max_sentences: int = 16, max_words: int = 100) -> None:
+    def __init__(self, vocab: Vocab, max_sentences: int = 16, max_words: int = 64) -> None:
         self.vocab, self.max_sentences, self.max_words = vocab, max_sentences, max_words
 
     def encode(self, docs: Sequence[Sequence[str]]) -> Features:
@@ -93,8 +93,8 @@ class AttentiveCNN(nn.Module, PyTorchModelHubMixin):
 
     architecture = "attentive-cnn"
 
-    def __init__(self, vocab_size: int, embed_dim: int = 128, filters: int = 256, kernel: int = 3,
-                 attention_dim: int = 128, dropout: float = 0.1, max_sentences: int = 16, max_words: int = 100) -> None:
+    def __init__(self, vocab_size: int, embed_dim: int = 100, filters: int = 128, kernel: int = 3,
+                 attention_dim: int = 64, dropout: float = 0.1, max_sentences: int = 16, max_words: int = 64) -> None:
         super().__init__()
         self.max_sentences, self.max_words = max_sentences, max_words
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)

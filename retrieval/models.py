@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,7 @@ def train(architecture: str, articles: Sequence[Article], train_queries: Sequenc
     if finetune_epochs and architecture != "paraformer":
         raise UserError("only Paraformer has a sentence encoder to fine-tune")
     seed_everything(config.seed)
+    started = time.perf_counter()
     device = resolve_device(config.device)
     row = {a.id: i for i, a in enumerate(articles)}
     train_gold, valid_gold = _gold_rows(train_queries, row, "training"), _gold_rows(valid_queries, row, "validation")
@@ -134,6 +136,7 @@ def train(architecture: str, articles: Sequence[Article], train_queries: Sequenc
         summary = {"architecture": architecture, "out": str(out), "train_queries": len(train_queries),
                    "valid_queries": len(valid_queries), "articles": len(articles), "best_epoch": result.best_epoch,
                    f"valid_recall@{config.recall_k}": result.best_recall, "train_seconds": round(result.seconds, 1),
+                   "prepare_seconds": round(time.perf_counter() - started - result.seconds, 1),
                    "negative_miners": [m.name for m in miners], "config": dataclasses.asdict(config),
                    "finetune_epochs": finetune_epochs, "history": result.history}
         atomic_write_text(tmp / TRAINING_FILE, json.dumps(summary, indent=2) + "\n")

@@ -3,7 +3,9 @@
 The query is one sentence embedding; an article is the embeddings of its lines (caption and
 sentences). Query-conditioned sparsemax attention pools the article's sentences, so a few sentences
 carry the decision (and the top one explains it), and a classifier scores the (query, pooled article)
-pair. Sentence embeddings come from a frozen sentence-transformers encoder (all-MiniLM-L6-v2 by
+pair from their interaction features (q * a, |q - a|): without the raw vectors it cannot memorise
+which articles were often gold in training (the 4-part [q, a, q * a, |q - a|] input overfit after
+one epoch). Sentence embeddings come from a frozen sentence-transformers encoder (all-MiniLM-L6-v2 by
 default) and are computed once per corpus; `finetune_encoder` adapts the encoder first, as an option.
 """
 
@@ -37,7 +39,7 @@ class Paraformer(nn.Module, PyTorchModelHubMixin):
         self.encoder, self.finetuned_encoder = encoder, finetuned_encoder
         self.query_proj = nn.Linear(dim, hidden)
         self.key_proj = nn.Linear(dim, hidden)
-        self.classifier = nn.Sequential(nn.Linear(4 * dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+        self.classifier = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
 
     def attention(self, query: torch.Tensor, sentences: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, C, S) sparsemax weights of query (B, D) over sentences (B|1, C, S, D); padding gets 0."""
@@ -50,8 +52,8 @@ class Paraformer(nn.Module, PyTorchModelHubMixin):
         (query,), (sentences, mask) = queries, articles
         weights = self.attention(query, sentences, mask)
         pooled = (weights.unsqueeze(-2) @ sentences).squeeze(-2)  # (B, C, D)
-        q = query[:, None, :].expand_as(pooled)
-        return self.classifier(torch.cat([q, pooled, q * pooled, (q - pooled).abs()], -1)).squeeze(-1)
+        q = query[:, None, :]
+        return self.classifier(torch.cat([q * pooled, (q - pooled).abs()], -1)).squeeze(-1)
 
 
 def article_lines(article: Article) -> list[str]:

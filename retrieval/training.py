@@ -130,7 +130,8 @@ def fit(model: nn.Module, articles: Features, train: Split, valid: Split, pool: 
     pool_t = torch.as_tensor(pool, dtype=torch.long)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     result, best_state, stale, started = TrainResult(best_recall=-1.0), None, 0, time.perf_counter()
-    for epoch in progress(range(1, config.epochs + 1), desc="epochs"):
+    epochs = progress(range(1, config.epochs + 1), desc="epochs")
+    for epoch in epochs:
         model.train()
         losses = []
         for batch in progress(torch.randperm(len(pairs), generator=generator).split(config.batch_size),
@@ -150,6 +151,7 @@ def fit(model: nn.Module, articles: Features, train: Split, valid: Split, pool: 
             losses.append(loss.item())
         recall = recall_at(score_matrix(model, valid.queries, articles), valid.gold, config.recall_k)
         result.history.append({"epoch": epoch, "loss": float(np.mean(losses)), f"valid_recall@{config.recall_k}": recall})
+        epochs.set_postfix(loss=f"{result.history[-1]['loss']:.3f}", recall=f"{recall:.3f}")
         if recall > result.best_recall:
             result.best_epoch, result.best_recall, stale = epoch, recall, 0
             best_state = copy.deepcopy(model.state_dict())
