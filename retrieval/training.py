@@ -20,6 +20,7 @@ from torch import nn
 
 from indexes.metrics import recall_at_k
 from indexes.runtime import progress, resolve_device
+from retrieval.base import top_k
 
 
 @dataclass
@@ -111,10 +112,9 @@ def score_matrix(model: nn.Module, queries: Features, articles: Features, batch_
 
 def recall_at(scores: np.ndarray, gold: Sequence[Sequence[int]], k: int) -> float:
     """Mean Recall@k of the article rankings given by `scores` (Q, A)."""
-    k = min(k, scores.shape[1])
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top = top_k(scores, k)
     hits = np.take_along_axis(gold_matrix(gold, scores.shape[1]).numpy(), top, axis=1)
-    return float(recall_at_k(hits, np.array([len(g) for g in gold]), k).mean())
+    return float(recall_at_k(hits, np.array([len(g) for g in gold]), top.shape[1]).mean())
 
 
 def fit(model: nn.Module, articles: Features, train: Split, valid: Split, pool: np.ndarray,
