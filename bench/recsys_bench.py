@@ -1,6 +1,7 @@
 """SASRec benchmark on Amazon Games and MovieLens-100k (run by hand, never in tests).
 
     python bench/recsys_bench.py run --dataset games --loss bce    # train, then test; JSON into --out
+    python bench/recsys_bench.py run --dataset games --loss ce --resume   # continue a stopped run from its best checkpoint
     python bench/recsys_bench.py evaluate --dataset games --loss ce # test the best checkpoint of a stopped run
     python bench/recsys_bench.py speed --loss bce --epochs 3        # epoch time at the reference settings
     python bench/recsys_bench.py table                             # markdown table of every result JSON
@@ -52,7 +53,8 @@ def test_metrics(args: argparse.Namespace, model_dir: Path, seqs) -> dict:
 def run(args: argparse.Namespace) -> None:
     seqs = load_sequences(args.data or DATASETS[args.dataset]["path"])
     name = f"{args.dataset}-{args.loss}"
-    summary = train_sasrec(seqs, args.out / name / "model", config_for(args))
+    model_dir = args.out / name / "model"
+    summary = train_sasrec(seqs, model_dir, config_for(args), resume=model_dir if args.resume else None)
     keys = ("epochs_run", "best_epoch", "best_valid_ndcg10", "seconds_per_epoch", "cpu_seconds_per_epoch", "peak_memory_mb")
     write(args, name, {"dataset": args.dataset, "loss": args.loss, "users": seqs.n_users, "items": seqs.n_items,
                        **test_metrics(args, args.out / name / "model", seqs), **{k: summary[k] for k in keys}})
@@ -119,6 +121,7 @@ def main() -> None:
         one.add_argument("--eval-every", type=int, default=1)
         one.add_argument("--threads", type=int, default=1,
                          help="torch threads (1: the 2 cores are shared, and 2 threads spin-wait when contended)")
+        one.add_argument("--resume", action="store_true", help="run: continue from the run's best checkpoint.")
         one.add_argument("--epochs-run", type=int, help="evaluate: epochs the stopped run had finished (its log).")
         one.add_argument("--peak-mb", type=float, help="evaluate: peak RSS of the stopped run (VmHWM).")
     sub.add_parser("table")
