@@ -11,7 +11,6 @@ payload). Search times are paired: each batch runs through the engine and raw FA
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time

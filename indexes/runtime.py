@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import random
 import shutil
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from indexes.errors import UserError
 
 T = TypeVar("T")
+M = TypeVar("M")
 DEVICES = ("auto", "cpu", "cuda")
 _progress_enabled = True
 
@@ -57,6 +59,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def load_pretrained(cls: type[M], path: str | os.PathLike, **kwargs) -> M:
+    """`cls.from_pretrained(path)` for a huggingface_hub `PyTorchModelHubMixin` model, without the status
+    line the mixin print()s for local folders: stdout belongs to the results (`--json`)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return cls.from_pretrained(path, **kwargs)
 
 
 @contextlib.contextmanager

@@ -8,8 +8,6 @@ On disk: config.json + model.safetensors (PyTorchModelHubMixin) + item_ids.json 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 from collections.abc import Sequence
@@ -20,7 +18,7 @@ import torch
 from huggingface_hub import hf_hub_download
 
 from indexes import Hit, UserError
-from indexes.runtime import resolve_device
+from indexes.runtime import load_pretrained, resolve_device
 from recsys.data import windows
 from recsys.model import SASRec
 
@@ -54,8 +52,7 @@ class Recommender:
                 raise UserError(f"cannot load {name_or_path} from the hub: {str(err).splitlines()[0]}") from None
         else:
             raise UserError(f"{path} is not a SASRec model directory")
-        with contextlib.redirect_stdout(io.StringIO()):  # the hub mixin print()s a status line; keep stdout clean
-            model = SASRec.from_pretrained(name_or_path)
+        model = load_pretrained(SASRec, name_or_path)
         return cls(model.to(resolve_device(device)), json.loads(id_map.read_text(encoding="utf-8")))
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from indexes.errors import UserError
 
@@ -53,6 +54,12 @@ class Article:
     def title(self) -> str:
         """How people cite it: 'Article 5 (Juridical Acts by Minors)'."""
         return f"Article {self.id} ({self.caption})" if self.caption else f"Article {self.id}"
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Article:
+        """The inverse of `dataclasses.asdict` (JSON lists back to tuples)."""
+        return cls(str(record["id"]), record["caption"], tuple(record["headings"]), tuple(record["paragraphs"]),
+                   tuple(record["sentences"]), record["text"])
 
 
 @dataclass(frozen=True)

@@ -17,35 +17,44 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from indexes.errors import UserError
-from indexes.runtime import atomic_dir, atomic_write_text, resolve_device, seed_everything
+from indexes.runtime import atomic_dir, atomic_write_text, load_pretrained, resolve_device, seed_everything
 from retrieval.attentive_cnn import AttentiveCNN, TokenFeaturizer, Vocab
 from retrieval.bm25 import BM25Retriever
 from retrieval.coliee import Article, Query, load_coliee, parse_years
 from retrieval.dense import DenseRetriever
 from retrieval.paraformer import Paraformer, SentenceFeaturizer, article_lines, finetune_encoder
 from retrieval.text_encoder import DEFAULT_TEXT_ENCODER
-from retrieval.training import Split, TrainConfig, fit, hard_negative_pool, score_matrix
+from retrieval.training import Features, Split, TrainConfig, fit, hard_negative_pool, score_matrix
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"paraformer": Paraformer, "attentive-cnn": AttentiveCNN}
 CONFIG_FILE, VOCAB_FILE, ENCODER_DIR, TRAINING_FILE = "config.json", "vocab.json", "encoder", "training.json"
 
 
 class NeuralRetriever:
-    """A trained model as a `Retriever`: article features computed once, queries featurised per call."""
+    """A trained model as a `Retriever`: article features computed once (or read from a file saved
+    with `save_features`, so an index need not re-embed its articles per query), queries per call."""
 
-    def __init__(self, name: str, model: nn.Module, featurizer: Any, articles: Sequence[Article]) -> None:
+    def __init__(self, name: str, model: nn.Module, featurizer: Any, articles: Sequence[Article],
+                 features: Features | None = None) -> None:
         if not articles:
             raise UserError("no articles to retrieve from")
         self.name, self.model, self.featurizer = name, model.eval(), featurizer
         self.articles = list(articles)
         self.article_ids = [a.id for a in self.articles]
-        self.features = featurizer.articles(self.articles)
+        self.features = featurizer.articles(self.articles) if features is None else features
+        if len(self.features) != len(self.articles):
+            raise UserError(f"{len(self.features)} article features for {len(self.articles)} articles")
 
     def scores(self, queries: Sequence[str]) -> np.ndarray:
         return score_matrix(self.model, self.featurizer.queries(list(queries)), self.features)
+
+    def save_features(self, path: Path) -> None:
+        """The article features as safetensors (tensor i under the key "i")."""
+        save_file({str(i): t.contiguous() for i, t in enumerate(self.features.tensors)}, str(path))
 
 
 class ParaformerRetriever(NeuralRetriever):
@@ -66,8 +75,10 @@ class ParaformerRetriever(NeuralRetriever):
         return [(float(w), article_lines(self.articles[r])[b]) for w, b, r in zip(weight.tolist(), best.tolist(), rows)]
 
 
-def load_retriever(model_dir: str | Path, articles: Sequence[Article], device: str = "auto") -> NeuralRetriever:
-    """The retriever saved in `model_dir` (architecture read from its config.json) over `articles`."""
+def load_retriever(model_dir: str | Path, articles: Sequence[Article], device: str = "auto",
+                   features_file: Path | None = None) -> NeuralRetriever:
+    """The retriever saved in `model_dir` (architecture read from its config.json) over `articles`,
+    with their features from `features_file` (written by `save_features`) when given."""
     model_dir = Path(model_dir)
     config_file = model_dir / CONFIG_FILE
     if not config_file.is_file():
@@ -79,8 +90,12 @@ def load_retriever(model_dir: str | Path, articles: Sequence[Article], device: s
     if architecture not in ARCHITECTURES:
         raise UserError(f"{config_file}: unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
     device = resolve_device(device)
-    model = ARCHITECTURES[architecture].from_pretrained(model_dir, map_location=device).to(device)
-    return _retriever(model, _featurizer(model, model_dir, device), articles)
+    model = load_pretrained(ARCHITECTURES[architecture], model_dir, map_location=device).to(device)
+    features = None
+    if features_file is not None:
+        stored = load_file(str(features_file))
+        features = Features(tuple(stored[str(i)] for i in range(len(stored))))
+    return _retriever(model, _featurizer(model, model_dir, device), articles, features)
 
 
 def _featurizer(model: nn.Module, model_dir: Path, device: str) -> Any:
@@ -89,9 +104,10 @@ def _featurizer(model: nn.Module, model_dir: Path, device: str) -> Any:
     return TokenFeaturizer(Vocab.load(model_dir / VOCAB_FILE), model.max_sentences, model.max_words)
 
 
-def _retriever(model: nn.Module, featurizer: Any, articles: Sequence[Article]) -> NeuralRetriever:
+def _retriever(model: nn.Module, featurizer: Any, articles: Sequence[Article],
+               features: Features | None) -> NeuralRetriever:
     kind = ParaformerRetriever if isinstance(model, Paraformer) else NeuralRetriever
-    return kind(model.architecture, model, featurizer, articles)
+    return kind(model.architecture, model, featurizer, articles, features)
 
 
 def train_model(architecture: str, data_dir: str | Path | None, train_years: str, valid_years: str,

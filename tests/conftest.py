@@ -1,4 +1,4 @@
-"""Shared test set-up: offline hub, an isolated RAGCLI_HOME, progress bars off."""
+"""Shared test set-up: offline hub, an isolated RAGCLI_HOME, progress bars off, one torch thread."""
 
 import os
 
@@ -6,6 +6,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models run fastest on one intra-op thread, results repeat exactly, and two threads
+    spin-wait on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

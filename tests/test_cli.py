@@ -10,10 +10,9 @@ import types
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import cli
-from cli import ragcli
+from helpers import run
 from indexes import UserError, VectorIndex
 
 ARTICLES = {"a1": "the cat sat", "a2": "dogs bark loudly", "a3": "a cat and a dog"}
@@ -45,9 +44,6 @@ def fake_family(monkeypatch):
     monkeypatch.setitem(cli.CORPUS_BUILDERS, "fake", "fakefam:build_index")
     monkeypatch.setitem(cli.QUERY_HANDLERS, "fakefam", "fakefam:query_index")
 
-
-def run(*args):
-    return CliRunner().invoke(ragcli, list(args))
 
 
 def test_version_and_help():

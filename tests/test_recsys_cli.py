@@ -4,26 +4,13 @@
 import json
 
 import pytest
-import torch
-from click.testing import CliRunner
 
-from cli import ragcli
+from helpers import run
 from recsys.synthetic import item_table, markov_interactions, write_recbole
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--maxlen", "8", "--hidden", "16", "--blocks", "1", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and two spin-wait on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run(*args):
-    return CliRunner().invoke(ragcli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from indexes import BuildRequest, QueryRequest, UserError, VectorIndex
 from indexes.metrics import hit_matrix, summarize
@@ -20,14 +19,6 @@ N_ITEMS = 40
 CONFIG = dict(loss="ce", epochs=12, batch_size=32, maxlen=10, hidden=32, blocks=1, heads=2, dropout=0.1, lr=5e-3,
               patience=3, device="cpu", seed=0)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and two spin-wait on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -151,3 +151,47 @@ def test_train_cli_json_on_the_bundled_sample(tmp_path):
     summary = json.loads(result.output)
     assert summary["architecture"] == "attentive-cnn" and len(summary["history"]) == 1
     assert (tmp_path / "m" / "model.safetensors").is_file()
+
+
+# ---- a coliee index holding a trained model -------------------------------------------------------
+def test_coliee_index_with_paraformer_fuses_three_scores_and_explains(trained, tiny_encoder, tmp_path):
+    from retrieval.bm25 import BM25Retriever
+    from retrieval.coliee import load_coliee
+    from retrieval.dense import DenseRetriever
+    from retrieval.fusion import fuse
+    from retrieval.serve import MODEL_WEIGHTS
+
+    index = tmp_path / "coliee-para"
+    build = ["index", "build", "--corpus", "coliee", "--model", str(trained[0] / "para"), "--encoder", tiny_encoder,
+             "--name", str(index), "--device", "cpu", "--json"]
+    result = CliRunner().invoke(ragcli, build)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["encoder"]["weights"] == MODEL_WEIGHTS["paraformer"]
+    question = "Can a minor cancel a contract made without a guardian's consent?"
+    query = ["index", "query", str(index), question, "-k", "3", "--device", "cpu"]
+    hits = json.loads(CliRunner().invoke(ragcli, [*query, "--json"]).stdout)
+
+    articles = load_coliee().articles
+    texts, ids = [a.search_text for a in articles], [a.id for a in articles]
+    weights = MODEL_WEIGHTS["paraformer"]
+    para = load_retriever(trained[0] / "para", articles, device="cpu")
+    fused = fuse([BM25Retriever.build(texts, ids).scores([question]),
+                  DenseRetriever.build(texts, ids, tiny_encoder, "cpu").scores([question]), para.scores([question])],
+                 [weights["bm25"], weights["dense"], weights["paraformer"]])[0]
+    expected = np.argsort(-fused, kind="stable")[:3]
+    assert [h["id"] for h in hits] == [ids[j] for j in expected]
+    np.testing.assert_allclose([h["score"] for h in hits], fused[expected], atol=1e-4)  # FAISS vs numpy cosine
+    by_id = {a.id: a for a in articles}
+    for hit in hits:
+        sentence, weight = hit["payload"]["explanation"].rsplit(" (attention ", 1)
+        assert sentence in article_lines(by_id[hit["id"]]) and 0 < float(weight.rstrip(")")) <= 1
+    assert "why: " in CliRunner().invoke(ragcli, query).stdout
+
+
+def test_coliee_index_with_attentive_cnn_has_no_explanation(trained, tiny_encoder, tmp_path):
+    index = tmp_path / "coliee-cnn"
+    result = CliRunner().invoke(ragcli, ["index", "build", "--corpus", "coliee", "--model", str(trained[0] / "cnn"),
+                                         "--encoder", tiny_encoder, "--name", str(index), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    hits = json.loads(CliRunner().invoke(ragcli, ["index", "query", str(index), "a minor's contract", "--json"]).stdout)
+    assert len(hits) == 10 and all("explanation" not in h["payload"] for h in hits)

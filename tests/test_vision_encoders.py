@@ -17,14 +17,6 @@ from vision.encoders import ImageEncoder, create_encoder
 from vision.pooling import AttentivePool, GeMPool, create_pooling
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: tiny models run faster and results repeat exactly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _images(n=2, size=(40, 48), mode="RGB"):
     rng = np.random.default_rng(0)

@@ -10,10 +10,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from cli import ragcli
+from helpers import run
 from indexes.errors import UserError
 from vision.evaluate import parse_conditions, retrieval_metrics
 from vision.focallens import FocalLens, load_focallens
@@ -23,14 +22,6 @@ from vision.train_focallens import TrainSettings, contrastive_loss, save_model, 
 
 TINY = dict(image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, condition_tokens=2)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Tiny models run fastest on one thread (and leave the other cores to the rest of the suite)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -181,10 +172,6 @@ def test_contact_sheet_is_written(tmp_path, splits):
         assert sheet.format == "PNG" and sheet.size == (4 * (64 + GAP) + GAP, 64 + CAPTION_HEIGHT + 2 * GAP)
         assert np.array_equal(np.asarray(sheet)[GAP + 10, GAP + 64 + GAP + 10], np.asarray(images[1].resize((64, 64), Image.NEAREST))[10, 10])
 
-
-# ---- CLI ----------------------------------------------------------------------------------------
-def run(*args):
-    return CliRunner().invoke(ragcli, [str(a) for a in args])
 
 
 def test_cli_make_train_eval(tmp_path):

@@ -6,11 +6,9 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from cli import ragcli
+from helpers import run
 from indexes import index_path
 from vision.focallens import FocalLens
 from vision.sheet import CAPTION_HEIGHT, GAP
@@ -20,17 +18,6 @@ from vision.train_focallens import save_model
 COLOUR = "focus on the colour"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Tiny models run fastest on one thread (and leave the other cores to the rest of the suite)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run(*args):
-    return CliRunner().invoke(ragcli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

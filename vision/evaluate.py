@@ -8,6 +8,7 @@ the top K. mAP@R is AP within the top R, R = the number of relevant images.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import polars as pl
