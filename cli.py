@@ -262,7 +262,7 @@ def _cutoffs(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--negatives", "n_negatives", type=int, default=256, show_default=True, help="sampled-ce / gbce.")
 @click.option("--gbce-t", type=float, default=0.75, show_default=True, help="gbce calibration t.")
-@click.option("--post-ln", is_flag=True, help="Post-LN blocks (default: pre-LN, as the paper's code).")
+@click.option("--post-ln", is_flag=True, help="Post-LN blocks (default: pre-LN, as in the paper's equations).")
 @click.option("--patience", type=int, default=10, show_default=True, help="Evaluations without improvement.")
 @click.option("--eval-every", type=int, default=1, show_default=True, help="Validate every N epochs.")
 @click.option("--k-core", type=int, default=0, show_default=True, help="Keep users and items with >= K interactions.")

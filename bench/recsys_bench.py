@@ -103,7 +103,7 @@ def table(args: argparse.Namespace) -> None:
         note = " (stopped by hand)" if r.get("stopped_by_hand") else ""
         print(f"| {r['dataset']} | {r['loss']} | {r['full']['HR@10']:.4f} | {r['full']['NDCG@10']:.4f} "
               f"| {r['sampled100']['HR@10']:.4f} | {r['sampled100']['NDCG@10']:.4f} "
-              f"| {r['seconds_per_epoch']:.1f} ({r['cpu_seconds_per_epoch']:.1f}) "
+              f"| {r['seconds_per_epoch']:.1f} ({r.get('cpu_seconds_per_epoch', float('nan')):.1f}) "
               f"| {r['best_epoch']} ({r['epochs_run']}{note}) | {r['peak_memory_mb']:.0f} |")
 
 

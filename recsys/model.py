@@ -2,7 +2,7 @@
 
 Item embeddings are shared with the output layer (score of item i = hidden state . embedding of i),
 positions are learned, and each block is attention + a position-wise feed-forward network with
-residuals, in pre-LN (the paper's code) or post-LN order.
+residuals, in pre-LN order (x + f(LayerNorm(x)), the paper's equations) or post-LN order.
 """
 
 from __future__ import annotations

@@ -12,9 +12,6 @@ from retrieval.text_encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
 
 def encode_texts(texts: Sequence[str], encoder: str | None = None, device: str = "cpu", batch_size: int = 32) -> np.ndarray:
     """Unit-norm float32 embeddings of `texts` with the sentence-transformers model `encoder`."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the weight-loading bar is noise on every CLI call
     try:
         model = load_text_encoder(encoder or DEFAULT_TEXT_ENCODER, device)
     except (OSError, ValueError) as err:

@@ -26,5 +26,8 @@ def text_encoder_path(name: str | None = None) -> str:
 def load_text_encoder(name: str | None = None, device: str = "cpu"):
     """A sentence-transformers model (cached per name and device)."""
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the weight-loading bar is noise on every CLI call
 
     return SentenceTransformer(text_encoder_path(name), device=device)
