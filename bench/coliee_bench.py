@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--valid-years", default="R02")
     parser.add_argument("--test-years", default="R03")
     parser.add_argument("--encoder", help="dense encoder (default all-MiniLM-L6-v2)")
+    parser.add_argument("--encoder-label", default="MiniLM", help="what the dense rows call the encoder")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
                         help="a trained model directory (ragcli train paraformer|attentive-cnn); repeatable")
     parser.add_argument("--device", default="cpu")
@@ -77,7 +78,7 @@ def main() -> None:
     dense, dense_s = timed(make_retriever, "dense", data.articles, args.encoder, device=args.device)
     plain, plain_s = timed(BM25Retriever.build, [a.text for a in data.articles], bm25.article_ids)  # no headings
     rows = [bench_row("BM25", bm25, bm25_s, valid, test), bench_row("BM25, article text only", plain, plain_s, valid, test),
-            bench_row("dense (MiniLM)", dense, dense_s, valid, test),
+            bench_row(f"dense ({args.encoder_label})", dense, dense_s, valid, test),
             bench_row("hybrid: BM25 + dense", HybridRetriever([bm25, dense]), bm25_s + dense_s, valid, test)]
     for spec in args.model:
         name, _, model_dir = spec.partition("=")

@@ -41,7 +41,11 @@ def config_for(args: argparse.Namespace) -> TrainConfig:
     spec = DATASETS[args.dataset]
     return TrainConfig(loss=args.loss, epochs=args.epochs, batch_size=128, maxlen=spec["maxlen"], hidden=50, blocks=2,
                        heads=1, dropout=spec["dropout"], lr=1e-3, patience=args.patience, eval_every=args.eval_every,
-                       device="cpu", seed=0)
+                       pre_ln=not args.post_ln, device="cpu", seed=0)
+
+
+def run_name(args: argparse.Namespace) -> str:
+    return f"{args.dataset}-{args.loss}" + ("-post-ln" if args.post_ln else "")
 
 
 def test_metrics(args: argparse.Namespace, model_dir: Path, seqs) -> dict:
@@ -52,7 +56,7 @@ def test_metrics(args: argparse.Namespace, model_dir: Path, seqs) -> dict:
 
 def run(args: argparse.Namespace) -> None:
     seqs = load_sequences(args.data or DATASETS[args.dataset]["path"])
-    name = f"{args.dataset}-{args.loss}"
+    name = run_name(args)
     model_dir = args.out / name / "model"
     summary = train_sasrec(seqs, model_dir, config_for(args), resume=model_dir if args.resume else None)
     keys = ("epochs_run", "best_epoch", "best_valid_ndcg10", "seconds_per_epoch", "cpu_seconds_per_epoch", "peak_memory_mb")
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> None:
 def evaluate_checkpoint(args: argparse.Namespace) -> None:
     """For a run stopped before early stopping ended it: its best checkpoint, and what the log said."""
     seqs = load_sequences(args.data or DATASETS[args.dataset]["path"])
-    name = f"{args.dataset}-{args.loss}"
+    name = run_name(args)
     state = json.loads((args.out / name / "model" / STATE_FILE).read_text())["state"]
     history = state["history"]
     write(args, name, {
@@ -89,7 +93,7 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def write(args: argparse.Namespace, name: str, result: dict) -> None:
-    result["threads"] = torch.get_num_threads()
+    result.update(threads=torch.get_num_threads(), blocks="post-LN" if args.post_ln else "pre-LN")
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
@@ -101,7 +105,8 @@ def table(args: argparse.Namespace) -> None:
     for file in sorted(args.out.glob("*.json")):
         r = json.loads(file.read_text())
         note = " (stopped by hand)" if r.get("stopped_by_hand") else ""
-        print(f"| {r['dataset']} | {r['loss']} | {r['full']['HR@10']:.4f} | {r['full']['NDCG@10']:.4f} "
+        loss = r["loss"] + (", post-LN" if r.get("blocks") == "post-LN" else "")
+        print(f"| {r['dataset']} | {loss} | {r['full']['HR@10']:.4f} | {r['full']['NDCG@10']:.4f} "
               f"| {r['sampled100']['HR@10']:.4f} | {r['sampled100']['NDCG@10']:.4f} "
               f"| {r['seconds_per_epoch']:.1f} ({r.get('cpu_seconds_per_epoch', float('nan')):.1f}) "
               f"| {r['best_epoch']} ({r['epochs_run']}{note}) | {r['peak_memory_mb']:.0f} |")
@@ -121,6 +126,7 @@ def main() -> None:
         one.add_argument("--eval-every", type=int, default=1)
         one.add_argument("--threads", type=int, default=1,
                          help="torch threads (1: the 2 cores are shared, and 2 threads spin-wait when contended)")
+        one.add_argument("--post-ln", action="store_true", help="Post-LN blocks (default: pre-LN).")
         one.add_argument("--resume", action="store_true", help="run: continue from the run's best checkpoint.")
         one.add_argument("--epochs-run", type=int, help="evaluate: epochs the stopped run had finished (its log).")
         one.add_argument("--peak-mb", type=float, help="evaluate: peak RSS of the stopped run (VmHWM).")
