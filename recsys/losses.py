@@ -3,8 +3,10 @@
 - `ce`: full softmax cross-entropy over every item.
 - `bce`: the SASRec paper's loss, one uniformly sampled negative per position.
 - `sampled-ce`: softmax over the positive and N negatives shared by the batch.
-- `gbce`: gSASRec's generalised BCE (Petrov & Macdonald, RecSys 2023): N shared negatives, positive
+- `gbce`: gSASRec's generalised BCE (Petrov & Macdonald, RecSys 2023): N negatives per position, positive
   term raised to beta, which undoes the over-confidence that negative sampling causes (t calibrates).
+  Per position, as gSASRec draws them: with N negatives shared by the batch, the summed BCE pushes those
+  few items down so hard that training on Amazon Games diverges (measured: validation NDCG@10 0.002).
 Negatives are drawn uniformly in one vectorised call; a negative equal to its position's target is masked.
 """
 
@@ -33,14 +35,19 @@ def bce_loss(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, 
 
 def sampled_ce_loss(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, *, n_negatives: int = 256,
                     generator: torch.Generator | None = None, **_) -> torch.Tensor:
-    pos, neg = _shared_negative_logits(states, targets, weight, n_negatives, generator)
+    negatives = _uniform(weight.shape[0] - 1, (n_negatives,), targets.device, generator)
+    pos = (states * weight[targets]).sum(-1)
+    neg = (states @ weight[negatives].T).masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
     logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
     return F.cross_entropy(logits, torch.zeros_like(targets))
 
 
 def gbce_loss(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, *, n_negatives: int = 256,
               gbce_t: float = 0.75, generator: torch.Generator | None = None, **_) -> torch.Tensor:
-    pos, neg = _shared_negative_logits(states, targets, weight, n_negatives, generator)
+    negatives = _uniform(weight.shape[0] - 1, (len(targets), n_negatives), targets.device, generator)
+    pos = (states * weight[targets]).sum(-1)
+    neg = torch.einsum("nh,nkh->nk", states, weight[negatives]).masked_fill(negatives == targets.unsqueeze(1),
+                                                                          float("-inf"))
     alpha = n_negatives / (weight.shape[0] - 2)  # sampling rate among the n_items - 1 negatives
     beta = alpha * (gbce_t * (1 - 1 / alpha) + 1 / alpha)
     return (-beta * F.logsigmoid(pos) - F.logsigmoid(-neg).sum(1)).mean()
@@ -48,16 +55,6 @@ def gbce_loss(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
 
 def _uniform(n_items: int, shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randint(1, n_items + 1, shape, device=device, generator=generator)
-
-
-def _shared_negative_logits(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, n_negatives: int,
-                            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N,) positive logits and (N, n_negatives) logits of negatives shared by all positions
-    (accidental hits set to -inf, so they add nothing)."""
-    negatives = _uniform(weight.shape[0] - 1, (n_negatives,), targets.device, generator)
-    pos = (states * weight[targets]).sum(-1)
-    neg = (states @ weight[negatives].T).masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
-    return pos, neg
 
 
 _BY_NAME: dict[str, Callable[..., torch.Tensor]] = {

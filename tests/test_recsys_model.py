@@ -75,9 +75,9 @@ def test_gbce_with_t_zero_is_bce_over_the_negatives():
     states, targets, weight = torch.randn(5, 4), torch.tensor([1, 2, 3, 4, 5]), torch.randn(50, 4)
     gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     got = sequence_loss("gbce", states[None], targets[None], weight, n_negatives=6, gbce_t=0.0, generator=gen())
-    negatives = torch.randint(1, 50, (6,), generator=gen())
-    pos, neg = (states * weight[targets]).sum(1), states @ weight[negatives].T
-    neg = neg.masked_fill(negatives[None] == targets[:, None], float("-inf"))
+    negatives = torch.randint(1, 50, (5, 6), generator=gen())  # six per position
+    pos, neg = (states * weight[targets]).sum(1), (states[:, None] * weight[negatives]).sum(-1)
+    neg = neg.masked_fill(negatives == targets[:, None], float("-inf"))
     expected = (-torch.nn.functional.logsigmoid(pos) - torch.nn.functional.logsigmoid(-neg).sum(1)).mean()
     torch.testing.assert_close(got, expected)  # t = 0 gives beta = 1: plain BCE
 
