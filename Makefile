@@ -7,7 +7,7 @@ export RAGCLI_HOME ?= $(CURDIR)/.ragcli
 export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test fuzz bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+fuzz: install  # the fuzz suite's long hypothesis profile (400 examples per property)
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest -q tests/fuzz
 
 bench: install
 	$(PY) bench/index_bench.py

@@ -6,10 +6,10 @@ Thin by design: each command parses its options, calls one library function and 
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,41 +20,28 @@ from indexes.errors import UserError
 
 __version__ = "0.1.0"
 
-# Corpus name -> "module:function" building its index. Adding a corpus is one entry here.
-# A recsys interactions file can also be given by path (see `_corpus_builder`).
-CORPUS_BUILDERS: dict[str, str] = {
-    "coliee": "retrieval.serve:build_index",
-    "images": "vision.serve:build_index",
-    "ml-100k": "recsys.serve:build_index",
-    "ml-1m": "recsys.serve:build_index",
-    "ml-20m": "recsys.serve:build_index",
-}
-# The family recorded in an index's manifest ("encoder": {"family": ...}) -> its query function.
-QUERY_HANDLERS: dict[str, str] = {
-    "retrieval": "retrieval.serve:query_index",
-    "recsys": "recsys.serve:query_index",
-    "vision": "vision.serve:query_index",
-}
-
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
-
-
-def _resolve(target: str) -> Callable[..., Any]:
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def _corpus_builder(corpus: str) -> Callable[..., Any]:
-    if corpus in CORPUS_BUILDERS:
-        return _resolve(CORPUS_BUILDERS[corpus])
-    if Path(corpus).exists():  # an interactions file or folder: a recsys dataset
-        return _resolve(CORPUS_BUILDERS["ml-100k"])
-    raise UserError(f"unknown corpus {corpus!r}: use one of {', '.join(CORPUS_BUILDERS)} or a path to a dataset")
+BATCH = 64  # queries per encoder pass in batch runs
 
 
 class RagcliGroup(click.Group):
-    """Turns `UserError` into one stderr line and exit code 2; other errors into exit 1
-    (with the traceback under -v)."""
+    """Turns `UserError` and click's usage errors into one stderr line and exit code 2; other errors into
+    exit 1 (with the traceback under -v). Library warnings stay off the terminal unless -v."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+        try:
+            with warnings.catch_warnings():
+                if "-v" not in (args or sys.argv[1:]) and "--verbose" not in (args or sys.argv[1:]):
+                    warnings.simplefilter("ignore")
+                code = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.ClickException as err:  # a usage error: one line, not click's Usage block
+            hint = f" (see '{err.ctx.command_path} --help')" if getattr(err, "ctx", None) else ""
+            click.echo(f"error: {err.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -118,20 +105,17 @@ def index() -> None:
 @click.option("--condition", help="Instruction for conditional image embeddings (FocalLens).")
 @click.option("--kind", default="flat", show_default=True, help="flat | hnsw | ivf-flat | ivf-pq | a FAISS factory string.")
 @click.option("--metric", type=click.Choice(["ip", "l2", "cosine"]), help="Default: the family's.")
-@click.option("--name", help="Index name (under $RAGCLI_HOME) or path. Default: the corpus name.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing index of that name.")
+@click.option("--name", help="Index name (under $RAGCLI_HOME) or a path (contains '/', or starts with '.' or '~'). Default: the corpus name.")
+@click.option("--overwrite", is_flag=True, help="Replace an index ragcli wrote under that name.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @json_option
 def index_build(corpus: str, name: str | None, overwrite: bool, as_json: bool, **options: Any) -> None:
     """Encode a corpus and write its index (atomically: a failed build leaves nothing behind)."""
-    from indexes import BuildRequest, index_path
+    from indexes import BuildRequest, build_index, index_path
 
-    out = index_path(name or Path(corpus).stem)
-    if out.exists() and not overwrite:
-        raise UserError(f"index {out} exists; pass --overwrite to replace it")
-    built = _corpus_builder(corpus)(BuildRequest(corpus=corpus, **options), out)
-    emit({"path": str(out), **built.info()}, as_json, _format_info)
+    engine = build_index(BuildRequest(corpus=corpus, **options), name or Path(corpus).stem, overwrite=overwrite)
+    emit({"path": str(index_path(name or Path(corpus).stem)), **engine.index.info()}, as_json, _format_info)
 
 
 @index.command("info")
@@ -156,35 +140,81 @@ def index_list(as_json: bool) -> None:
         for r in rows) or f"no indexes under {ragcli_home() / 'indexes'}")
 
 
+def _filter(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise UserError(f"--where takes a JSON filter such as '[\"genre\", \"==\", \"Drama\"]', got {value!r}") from None
+
+
 @index.command("query")
 @click.argument("name")
 @click.argument("text", required=False)
 @click.option("--history", help="Comma-separated item ids, oldest first (recsys indexes).")
 @click.option("--image", type=click.Path(path_type=Path), help="Query image (image indexes).")
 @click.option("--condition", help="Instruction for a conditional image query.")
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--skip-unknown", is_flag=True, help="Drop unknown history items instead of failing.")
+@click.option("--queries", "queries_file", type=click.Path(path_type=Path),
+              help="Batch: a file of queries (one per line, TSV qid<TAB>query, or JSONL).")
+@click.option("--output", type=click.Path(path_type=Path), help="Batch: write a TREC run (or JSONL for *.jsonl) here.")
+@click.option("--run-id", default="ragcli", show_default=True, help="Batch: the run file's RUNID column.")
+@click.option("-k", "--hits", "k", type=click.IntRange(1, 1_000_000), default=10, show_default=True,
+              help="Results per query.")
+@click.option("--where", callback=_filter, help='Payload filter as JSON: ["year", ">=", 1990] or {"and": [...]}.')
+@click.option("--skip-unknown", is_flag=True, help="Drop unknown history items instead of failing (recsys).")
 @click.option("--sheet", type=click.Path(path_type=Path), help="Write a contact sheet PNG (image indexes).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--shard", is_flag=True, help="Split the index across GPUs instead of replicating it.")
 @json_option
-def index_query(name: str, text: str | None, history: str | None, shard: bool, as_json: bool, **options: Any) -> None:
-    """Query an index with TEXT, --history or --image and print ranked results."""
-    from indexes import QueryRequest, VectorIndex, index_path
+def index_query(name: str, text: str | None, history: str | None, image: Path | None, condition: str | None,
+                queries_file: Path | None, output: Path | None, run_id: str, k: int, where: Any, skip_unknown: bool,
+                sheet: Path | None, device: str, shard: bool, as_json: bool) -> None:
+    """Query an index with TEXT, --history or --image (or a batch with --queries FILE) and print ranked results."""
+    from indexes import Query, open_index
 
-    if sum(x is not None for x in (text, history, options["image"])) != 1:
-        raise UserError("give exactly one of TEXT, --history or --image")
+    if sum(x is not None for x in (text, history, image, queries_file)) != 1:
+        raise UserError("give exactly one of TEXT, --history, --image or --queries FILE")
+    if output is not None and queries_file is None:
+        raise UserError("--output writes the run of a --queries batch")
     if text is not None and not text.strip():
         raise UserError("the query text is empty")
     items = None if history is None else [h.strip() for h in history.split(",") if h.strip()]
     if history is not None and not items:
         raise UserError("--history is empty")
-    idx = VectorIndex.load(index_path(name), device=options["device"], shard=shard)
-    family = idx.encoder.get("family")
-    if family not in QUERY_HANDLERS:
-        raise UserError(f"index {name!r} was built by an unknown encoder family {family!r}")
-    hits = _resolve(QUERY_HANDLERS[family])(idx, QueryRequest(text=text, history=items, **options))
+    engine = open_index(name, device=device, shard=shard)
+    options = {"skip_unknown": True} if skip_unknown else {}
+    if queries_file is not None:
+        return _batch_query(engine, queries_file, output, run_id, k, where, options, as_json)
+    query = Query(text=text, history=items, image=image, condition=condition)
+    hits = engine.query(query, k, where=where, **options)
+    if sheet is not None:
+        if not hasattr(engine, "contact_sheet"):
+            raise UserError("--sheet draws image neighbours; this is not an image index")
+        engine.contact_sheet(query, hits, sheet)
     emit([{"rank": r, **h.to_dict()} for r, h in enumerate(hits, 1)], as_json, _format_hits)
+
+
+def _batch_query(engine: Any, queries_file: Path, output: Path | None, run_id: str, k: int, where: Any,
+                 options: dict[str, Any], as_json: bool) -> None:
+    """Answer a query file in batches (one encoder pass each), then write or print the run."""
+    from indexes.runs import read_query_file, trec_lines, write_run
+    from indexes.runtime import progress
+
+    queries = read_query_file(queries_file, engine.field)
+    hits: list[Any] = []
+    with progress(total=len(queries), desc="queries", unit="q") as bar:
+        for start in range(0, len(queries), BATCH):
+            hits += engine.query_batch(queries[start:start + BATCH], k, where=where, **options)
+            bar.update(min(BATCH, len(queries) - start))
+    qids = [q.qid for q in queries]
+    if output is not None:
+        write_run(output, qids, hits, run_id)
+        emit({"queries": len(queries), "output": str(output)}, as_json, lambda r: f"wrote {r['queries']} queries to {r['output']}")
+    elif as_json:
+        emit([{"qid": q, "hits": [h.to_dict() for h in ranked]} for q, ranked in zip(qids, hits)], True, str)
+    else:
+        click.echo("\n".join(trec_lines(qids, hits, run_id)))
 
 
 def _format_info(info: dict[str, Any]) -> str:
@@ -233,6 +263,8 @@ def embed() -> None:
 
 
 # ---- recsys commands ---------------------------------------------------------------------------
+from recsys import checks as sasrec_limits  # noqa: E402  (light: no torch)
+
 DATA_FORMATS = click.Choice(["auto", "sasrec", "csv", "tsv", "parquet", "movielens", "recbole"])
 FETCHABLE = click.Choice(["ml-100k", "ml-1m", "ml-20m"])
 
@@ -242,8 +274,8 @@ def _cutoffs(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
         ks = tuple(int(k) for k in value.split(",") if k.strip())
     except ValueError:
         raise UserError(f"--k takes comma-separated integers, got {value!r}") from None
-    if not ks or min(ks) < 1:
-        raise UserError(f"--k takes positive cut-offs, got {value!r}")
+    if not ks or not all(1 <= k <= sasrec_limits.MAX_CUTOFF for k in ks):
+        raise UserError(f"--k takes cut-offs in [1, {sasrec_limits.MAX_CUTOFF}], got {value!r}")
     return ks
 
 
@@ -251,25 +283,32 @@ def _cutoffs(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
 @click.option("--data", required=True, help="Interactions file or folder, or a fetched dataset (ml-1m).")
 @click.option("--format", "fmt", type=DATA_FORMATS, default="auto", show_default=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out model directory (one ragcli wrote).")
 @click.option("--loss", type=click.Choice(["ce", "bce", "sampled-ce", "gbce"]), default="ce", show_default=True)
-@click.option("--epochs", type=int, default=200, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--maxlen", type=int, default=50, show_default=True, help="Longest history the model reads.")
-@click.option("--hidden", type=int, default=64, show_default=True)
-@click.option("--blocks", type=int, default=2, show_default=True)
-@click.option("--heads", type=int, default=1, show_default=True)
-@click.option("--dropout", type=float, default=0.2, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--negatives", "n_negatives", type=int, default=256, show_default=True, help="sampled-ce / gbce.")
-@click.option("--gbce-t", type=float, default=0.75, show_default=True, help="gbce calibration t.")
+@click.option("--epochs", type=click.IntRange(1, sasrec_limits.MAX_EPOCHS), default=200, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, sasrec_limits.MAX_BATCH_SIZE), default=128, show_default=True)
+@click.option("--maxlen", type=click.IntRange(1, sasrec_limits.MAX_MAXLEN), default=50, show_default=True,
+              help="Longest history the model reads.")
+@click.option("--hidden", type=click.IntRange(1, sasrec_limits.MAX_HIDDEN), default=64, show_default=True)
+@click.option("--blocks", type=click.IntRange(1, sasrec_limits.MAX_BLOCKS), default=2, show_default=True)
+@click.option("--heads", type=click.IntRange(1, sasrec_limits.MAX_HIDDEN), default=1, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
+@click.option("--negatives", "n_negatives", type=click.IntRange(1, sasrec_limits.MAX_NEGATIVES), default=256,
+              show_default=True, help="sampled-ce / gbce.")
+@click.option("--gbce-t", type=click.FloatRange(0, 1), default=0.75, show_default=True, help="gbce calibration t.")
 @click.option("--post-ln", is_flag=True, help="Post-LN blocks (default: pre-LN, as in the paper's equations).")
-@click.option("--patience", type=int, default=10, show_default=True, help="Evaluations without improvement.")
-@click.option("--eval-every", type=int, default=1, show_default=True, help="Validate every N epochs.")
-@click.option("--k-core", type=int, default=0, show_default=True, help="Keep users and items with >= K interactions.")
-@click.option("--min-len", type=int, default=1, show_default=True, help="Drop users with fewer interactions.")
+@click.option("--patience", type=click.IntRange(1, sasrec_limits.MAX_EPOCHS), default=10, show_default=True,
+              help="Evaluations without improvement.")
+@click.option("--eval-every", type=click.IntRange(1, sasrec_limits.MAX_EPOCHS), default=1, show_default=True,
+              help="Validate every N epochs.")
+@click.option("--k-core", type=click.IntRange(0, sasrec_limits.MAX_COUNT), default=0, show_default=True,
+              help="Keep users and items with >= K interactions.")
+@click.option("--min-len", type=click.IntRange(1, sasrec_limits.MAX_COUNT), default=1, show_default=True,
+              help="Drop users with fewer interactions.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue from this checkpoint.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, sasrec_limits.MAX_SEED), default=0, show_default=True)
 @json_option
 def train_sasrec_command(data: str, fmt: str, out: Path, post_ln: bool, as_json: bool, **options: Any) -> None:
     """Train SASRec on next-item prediction; the best checkpoint (validation NDCG@10) goes to --out."""
@@ -290,7 +329,7 @@ def train_sasrec_command(data: str, fmt: str, out: Path, post_ln: bool, as_json:
 @click.option("--keep-seen", is_flag=True, help="Rank the user's history items too (full protocol).")
 @click.option("--out", type=click.Path(path_type=Path), help="Also write the results as JSON here.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, sasrec_limits.MAX_SEED), default=0, show_default=True)
 @json_option
 def eval_sasrec_command(as_json: bool, **options: Any) -> None:
     """HR@K, NDCG@K and MRR@K on each user's last item (leave-one-out test)."""
@@ -344,7 +383,8 @@ def eval_coliee(years: str, valid_years: str | None, as_json: bool, **options: A
     from retrieval.coliee import parse_years
     from retrieval.evaluate import evaluate_coliee
 
-    result = evaluate_coliee(years=parse_years(years), valid_years=parse_years(valid_years) if valid_years else (), **options)
+    valid = parse_years(valid_years) if valid_years is not None else ()  # `--valid-years ''` is an error
+    result = evaluate_coliee(years=parse_years(years), valid_years=valid, **options)
     emit(result, as_json, _format_coliee)
 
 
@@ -361,22 +401,24 @@ def _format_coliee(result: dict[str, Any]) -> str:
 
 
 def _neural_train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The options `train paraformer` and `train attentive-cnn` share."""
+    """The options `train paraformer` and `train attentive-cnn` share (ranges from retrieval.checks)."""
+    from retrieval.checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_NEGATIVES, MAX_SEED
+
     options = [
         click.option("--data-dir", type=click.Path(path_type=Path), help="COLIEE folder. Default: the bundled sample."),
         click.option("--train-years", default="H18..R01", show_default=True, help="Training years, e.g. H18..R01."),
         click.option("--valid-years", default="R02", show_default=True, help="Early-stopping years."),
         click.option("--out", type=click.Path(path_type=Path), required=True, help="Model directory to write."),
         click.option("--overwrite", is_flag=True, help="Replace an existing --out directory."),
-        click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True),
+        click.option("--epochs", type=click.IntRange(1, MAX_EPOCHS), default=20, show_default=True),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True),
-        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
-        click.option("--negatives", type=click.IntRange(min=1), default=15, show_default=True,
+        click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=32, show_default=True),
+        click.option("--negatives", type=click.IntRange(1, MAX_NEGATIVES), default=15, show_default=True,
                      help="Negatives per positive (half hard BM25/dense negatives, half random)."),
-        click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True,
+        click.option("--patience", type=click.IntRange(1, MAX_EPOCHS), default=4, show_default=True,
                      help="Stop after this many epochs without a better validation Recall@5."),
         click.option("--device", type=DEVICE, default="auto", show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -388,20 +430,26 @@ def _train_neural(architecture: str, out: Path, overwrite: bool, as_json: bool, 
     from retrieval.models import train_model
     from retrieval.training import TrainConfig
 
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
     settings = {k: options.pop(k) for k in ("epochs", "lr", "batch_size", "negatives", "patience", "device", "seed")}
-    summary = train_model(architecture, data_dir, train_years, valid_years, out, TrainConfig(**settings), **options)
+    summary = train_model(architecture, data_dir, train_years, valid_years, out, TrainConfig(**settings),
+                          overwrite=overwrite, **options)
     emit(summary, as_json, lambda s: (
         f"{s['architecture']} saved to {s['out']}: best epoch {s['best_epoch']} of {len(s['history'])}, "
         f"valid Recall@5 {s['valid_recall@5']:.4f}, {s['train_queries']} training queries, {s['train_seconds']} s"))
 
 
+def _finetune_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`train paraformer --finetune-epochs`."""
+    from retrieval.checks import MAX_EPOCHS
+
+    return click.option("--finetune-epochs", type=click.IntRange(0, MAX_EPOCHS), default=0, show_default=True,
+                        help="Fine-tune the sentence encoder on (query, gold article) pairs first (default: frozen).")(fn)
+
+
 @train.command("paraformer")
 @_neural_train_options
 @click.option("--encoder", help="Sentence encoder: local path or hub id. Default: all-MiniLM-L6-v2.")
-@click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Fine-tune the sentence encoder on (query, gold article) pairs first (default: frozen).")
+@_finetune_option
 def train_paraformer(**options: Any) -> None:
     """Train Paraformer (sparsemax sentence attention over frozen sentence embeddings) on COLIEE."""
     if options["encoder"] is None:
@@ -417,14 +465,22 @@ def train_attentive_cnn(**options: Any) -> None:
 
 
 # ---- vision commands ---------------------------------------------------------------------------
+# Upper bounds of the vision options (here, not in vision/: importing it loads torch and timm).
+MAX_IMAGE_SIDE = 4096
+MAX_IMAGE_BATCH = 65_536
+MAX_IMAGE_EPOCHS = 10_000
+MAX_GENERATED_IMAGES = 10_000_000
+MAX_IMAGE_SEED = 2**32 - 1  # what NumPy's seeding accepts
+
+
 @embed.command("images")
 @click.argument("images", type=click.Path(path_type=Path))
 @click.option("--encoder", required=True, help="timm:<model> | hf:<path-or-id> | van_b0 | a saved encoder dir.")
 @click.option("--weights", type=click.Path(path_type=Path), help="Backbone weights (.safetensors file or dir).")
 @click.option("--pooling", type=click.Choice(["default", "mean", "cls", "gem", "attentive"]), default="default",
               show_default=True, help="default = the model's own pooling.")
-@click.option("--image-size", type=click.IntRange(min=8), help="Input size (timm encoders). Default: the model's.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--image-size", type=click.IntRange(8, MAX_IMAGE_SIDE), help="Input size (timm encoders). Default: the model's.")
+@click.option("--batch-size", type=click.IntRange(1, MAX_IMAGE_BATCH), default=32, show_default=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help=".npy (matrix) or .npz (embeddings + ids).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @json_option
@@ -438,19 +494,18 @@ def embed_images(images: Path, as_json: bool, **options: Any) -> None:
 
 @data.command("make-conditional")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset directory to write.")
-@click.option("--n", type=click.IntRange(min=2), default=2000, show_default=True, help="Images in all (train + test).")
-@click.option("--size", type=click.IntRange(min=16), default=64, show_default=True, help="Image side in pixels.")
-@click.option("--test-fraction", type=float, default=0.2, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--n", type=click.IntRange(2, MAX_GENERATED_IMAGES), default=2000, show_default=True,
+              help="Images in all (train + test).")
+@click.option("--size", type=click.IntRange(16, MAX_IMAGE_SIDE), default=64, show_default=True, help="Image side in pixels.")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_IMAGE_SEED), default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing directory.")
 @json_option
 def data_make_conditional(out: Path, overwrite: bool, as_json: bool, **options: Any) -> None:
     """Generate the conditional image benchmark (shape, colour, size, position, background)."""
     from vision.synthetic import generate_dataset
 
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    emit(generate_dataset(out, **options), as_json,
+    emit(generate_dataset(out, overwrite=overwrite, **options), as_json,
          lambda r: f"wrote {r['path']}: " + ", ".join(f"{k} {v} images" for k, v in r["splits"].items()))
 
 
@@ -458,17 +513,18 @@ def data_make_conditional(out: Path, overwrite: bool, as_json: bool, **options: 
 @click.option("--data", required=True, help="A dataset directory (from `data make-conditional`, or images with labels), or 'generated'.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
 @click.option("--unconditional", is_flag=True, help="Train the unconditional baseline (same network and loop, no instruction).")
-@click.option("--epochs", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True)
-@click.option("--lr", type=float, default=2e-3, show_default=True)
-@click.option("--image-size", type=click.IntRange(min=8), default=32, show_default=True)
-@click.option("--patch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--embed-dim", type=click.IntRange(min=8), default=64, show_default=True)
-@click.option("--depth", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--heads", "num_heads", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, MAX_IMAGE_EPOCHS), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2, MAX_IMAGE_BATCH), default=64, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
+@click.option("--image-size", type=click.IntRange(8, MAX_IMAGE_SIDE), default=32, show_default=True)
+@click.option("--patch-size", type=click.IntRange(1, MAX_IMAGE_SIDE), default=8, show_default=True)
+@click.option("--embed-dim", type=click.IntRange(8, 4096), default=64, show_default=True)
+@click.option("--depth", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--heads", "num_heads", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--text-encoder", default=None, help="Instruction encoder: a sentence-transformers name/path or hf:<CLIP>. Default: all-MiniLM-L6-v2.")
+@click.option("--overwrite", is_flag=True, help="Replace a model ragcli wrote at --out.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_IMAGE_SEED), default=0, show_default=True)
 @json_option
 def train_focallens_command(data: str, out: Path, as_json: bool, **options: Any) -> None:
     """Train FocalLens on (image, instruction, answer) triples and save it (safetensors + config)."""
@@ -482,10 +538,11 @@ def train_focallens_command(data: str, out: Path, as_json: bool, **options: Any)
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="A labelled image dataset (a split directory or a `data make-conditional` folder).")
 @click.option("--split", default="test", show_default=True, help="Split to evaluate when --data has splits.")
 @click.option("--encoder", help="Encoder spec (timm:NAME, hf:PATH, ...) for an unconditional encoder.")
+@click.option("--weights", type=click.Path(path_type=Path), help="--encoder backbone weights (.safetensors file or dir).")
 @click.option("--model", type=click.Path(path_type=Path), help="A FocalLens model directory.")
 @click.option("--condition", "conditions", multiple=True,
               help="FACTOR or FACTOR=INSTRUCTION, repeatable; relevance = same FACTOR value. Default: every factor.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_IMAGE_BATCH), default=64, show_default=True)
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @json_option
 def eval_images(as_json: bool, **options: Any) -> None:
@@ -501,6 +558,63 @@ def _format_image_metrics(results: dict[str, dict[str, float]]) -> str:
     rows += [f"{c:<14}" + "".join(f"{r[m]:9.4f}" for m in names) for c, r in results.items()]
     return "\n".join(rows)
 
+
+
+# ---- runs and serving --------------------------------------------------------------------------
+@evaluate.command("run")
+@click.argument("run_file", type=click.Path(path_type=Path))
+@click.option("--qrels", required=True, type=click.Path(path_type=Path), help="TREC qrels: QID 0 DOCID REL.")
+@click.option("--metrics", default="nDCG@10,R@100,AP", show_default=True, help="ir_measures names, comma-separated.")
+@click.option("--per-query", is_flag=True, help="Also list every query's values.")
+@json_option
+def eval_run(run_file: Path, qrels: Path, metrics: str, per_query: bool, as_json: bool) -> None:
+    """Score any TREC run file against qrels with ir_measures (trec_eval's measures)."""
+    from indexes.runs import score_run
+
+    result = score_run(run_file, qrels, metrics)
+    if not per_query:
+        result.pop("per_query")
+    emit(result, as_json, lambda r: f"{r['queries']} queries\n" + "\n".join(
+        f"{name:<12} {value:.4f}" for name, value in r["measures"].items()) + "".join(
+        f"\n{qid:<16} " + "  ".join(f"{m} {v:.4f}" for m, v in values.items())
+        for qid, values in r.get("per_query", {}).items()))
+
+
+@data.command("qrels")
+@click.option("--corpus", type=click.Choice(["coliee"]), default="coliee", show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), help="COLIEE folder. Default: the bundled sample.")
+@click.option("--years", default="R03", show_default=True, help="Years: R03, H30..R01, R02,R03.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The qrels file to write.")
+@click.option("--topics", type=click.Path(path_type=Path), help="Also write the questions as qid<TAB>text.")
+@json_option
+def data_qrels(corpus: str, data_dir: Path | None, years: str, out: Path, topics: Path | None, as_json: bool) -> None:
+    """Write a corpus's gold answers as a TREC qrels file (and its questions as a topics file)."""
+    from retrieval.coliee import parse_years
+    from retrieval.evaluate import write_coliee_qrels
+
+    emit(write_coliee_qrels(data_dir, parse_years(years), out, topics), as_json,
+         lambda r: f"wrote {r['judgements']} judgements of {r['queries']} queries to {r['qrels']}")
+
+
+@ragcli.command("serve")
+@click.argument("names", nargs=-1)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Server processes.")
+@click.option("--api-key", envvar="RAGCLI_API_KEY", help="Require 'Authorization: Bearer KEY' (or set RAGCLI_API_KEY).")
+@click.option("--batch-window-ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True,
+              help="How long concurrent queries are gathered into one encoder pass.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+def serve_command(names: tuple[str, ...], host: str, port: int, workers: int, api_key: str | None,
+                  batch_window_ms: float, device: str) -> None:
+    """Serve indexes over HTTP (every named index under $RAGCLI_HOME, or NAMES), with a search page at /."""
+    from indexes.http import serve
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host}: anyone who can reach this machine can query"
+                   f"{'' if api_key else ' (no --api-key)'}", err=True)
+    click.echo(f"serving on http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    serve(list(names), host, port, workers, api_key or None, device, batch_window_ms / 1000)
 
 
 def main() -> None:

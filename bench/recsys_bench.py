@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> None:
     seqs = load_sequences(args.data or DATASETS[args.dataset]["path"])
     name = run_name(args)
     model_dir = args.out / name / "model"
-    summary = train_sasrec(seqs, model_dir, config_for(args), resume=model_dir if args.resume else None)
+    summary = train_sasrec(seqs, model_dir, config_for(args), resume=model_dir if args.resume else None,
+                           overwrite=True)  # a rerun replaces its own earlier model
     keys = ("epochs_run", "best_epoch", "best_valid_ndcg10", "seconds_per_epoch", "cpu_seconds_per_epoch", "peak_memory_mb")
     write(args, name, {"dataset": args.dataset, "loss": args.loss, "users": seqs.n_users, "items": seqs.n_items,
                        **test_metrics(args, args.out / name / "model", seqs), **{k: summary[k] for k in keys}})
@@ -85,7 +86,7 @@ def speed(args: argparse.Namespace) -> None:
     config = config_for(args)
     config.eval_every = config.epochs + 1  # never validate: time training alone
     start = time.perf_counter()
-    summary = train_sasrec(seqs, args.out / "speed" / args.loss, config)
+    summary = train_sasrec(seqs, args.out / "speed" / args.loss, config, overwrite=True)
     print(json.dumps({"dataset": args.dataset, "loss": args.loss, "threads": torch.get_num_threads(),
                       "epochs": summary["epochs_run"], "wall_s_per_epoch": summary["seconds_per_epoch"],
                       "cpu_s_per_epoch": summary["cpu_seconds_per_epoch"], "total_s": time.perf_counter() - start,

@@ -1,19 +1,42 @@
-"""The shared layer: a FAISS + DuckDB vector index, and what every family uses (errors, metrics, run-time helpers)."""
+"""The shared layer: a FAISS + DuckDB vector index, the family registry and warm engines, and what every
+family uses (errors, metrics, run-time helpers, the text encoder).
+
+Names are imported on first use (PEP 562), so `import indexes` stays cheap: FAISS, DuckDB and Polars
+load only when an index is touched, and `ragcli --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from indexes.errors import IndexFormatError, UserError
-from indexes.index import Hit, VectorIndex, factory_string
-from indexes.requests import BuildRequest, QueryRequest
-from indexes.store import index_path, list_indexes, ragcli_home
 
-__all__ = [
-    "BuildRequest",
-    "Hit",
-    "IndexFormatError",
-    "QueryRequest",
-    "UserError",
-    "VectorIndex",
-    "factory_string",
-    "index_path",
-    "list_indexes",
-    "ragcli_home",
-]
+_LAZY = {
+    "BuildRequest": "indexes.requests",
+    "QueryRequest": "indexes.requests",
+    "Engine": "indexes.engine",
+    "Query": "indexes.engine",
+    "Hit": "indexes.index",
+    "VectorIndex": "indexes.index",
+    "factory_string": "indexes.index",
+    "index_path": "indexes.store",
+    "list_indexes": "indexes.store",
+    "ragcli_home": "indexes.store",
+    "Family": "indexes.registry",
+    "build_index": "indexes.registry",
+    "open_index": "indexes.registry",
+    "register_family": "indexes.registry",
+    "list_families": "indexes.registry",
+    "list_corpora": "indexes.registry",
+}
+
+__all__ = ["IndexFormatError", "UserError", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'indexes' has no attribute {name!r}")

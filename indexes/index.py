@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ import numpy as np
 import polars as pl
 
 from indexes.errors import IndexFormatError, UserError
-from indexes.runtime import atomic_dir, atomic_write_text
+from indexes.files import MARKER_FILE, atomic_dir, atomic_write_text, recover
+from indexes.filters import compile_filter
 from indexes.searchers import FaissSearcher, Searcher, choose_searcher, inner_index
 
 FORMAT_VERSION = 1
@@ -35,6 +37,8 @@ MANIFEST_FILE = "manifest.json"
 METRICS = ("ip", "l2", "cosine")
 RESERVED_COLUMNS = ("_row", "id")
 KIND_ALIASES = ("flat", "hnsw", "ivf-flat", "ivf-pq")
+_FACTORY = re.compile(r"[A-Za-z][A-Za-z0-9_,.]{0,199}")
+LOCKED_DUCKDB = {"enable_external_access": False, "lock_configuration": True}
 
 Id = int | str
 
@@ -69,6 +73,31 @@ def factory_string(kind: str, n: int, dim: int) -> str:
         nbits = max(1, min(8, int(math.log2(max(n // 4, 2)))))  # >= 4 training points per code
         return f"IVF{nlist},PQ{m}x{nbits}"
     return kind
+
+
+def _new_faiss_index(factory: str, dim: int, metric: str) -> faiss.Index:
+    """An empty FAISS index from a factory string checked first: FAISS accepts some strings (a zero
+    size such as "HNSW0") that crash the process later, so every number in it must be >= 1."""
+    numbers = [int(n) for n in re.findall(r"\d+", factory)]
+    if not _FACTORY.fullmatch(factory) or any(n < 1 or n > 1 << 24 for n in numbers):
+        raise UserError(f"bad index kind {factory!r}: use {', '.join(KIND_ALIASES)} or a FAISS factory string")
+    # IVF keeps ids itself (and an IDMap over it would renumber wrongly on removal)
+    wrapped = factory if factory.startswith("IVF") else f"IDMap2,{factory}"
+    try:
+        return faiss.index_factory(dim, wrapped, _faiss_metric(metric))
+    except RuntimeError as err:
+        raise UserError(f"FAISS cannot make an index of kind {factory!r}: {_faiss_message(err)}") from None
+
+
+def _faiss_message(err: Exception) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return next((line.strip() for line in lines if line.strip().startswith("Error")), lines[0] if lines else "")[:200]
+
+
+def memory_db() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that cannot touch files (external access off, configuration locked): even a
+    bug in a query cannot read or write outside the index."""
+    return duckdb.connect(":memory:", config=LOCKED_DUCKDB)
 
 
 def _faiss_metric(metric: str) -> int:
@@ -123,6 +152,9 @@ def _payload_frame(payload: pl.DataFrame | Sequence[Mapping[str, Any]] | None, n
     clash = set(frame.columns) & set(RESERVED_COLUMNS)
     if clash:
         raise UserError(f"payload columns {sorted(clash)} are reserved")
+    for name in frame.columns:
+        if not name or len(name) > 256 or "\x00" in name:
+            raise UserError(f"bad payload column name {name[:40]!r}: 1 to 256 characters, no NUL")
     return frame
 
 
@@ -178,22 +210,22 @@ class VectorIndex:
         """
         x = _as_matrix(vectors, None, "vectors")
         n, dim = x.shape
+        if n == 0:
+            raise UserError("nothing to index: 0 vectors")
         ids_arr, id_type = _ids_array(range(n) if ids is None else ids, None)
         if len(ids_arr) != n:
             raise UserError(f"{len(ids_arr)} ids for {n} vectors")
         frame = _payload_frame(payload, n)
         factory = factory_string(kind, n, dim)
-        try:
-            # IVF keeps ids itself (and an IDMap over it would renumber wrongly on removal)
-            wrapped = factory if factory.startswith("IVF") else f"IDMap2,{factory}"
-            index = faiss.index_factory(dim, wrapped, _faiss_metric(metric))
-        except RuntimeError as err:
-            raise UserError(f"FAISS cannot make an index of kind {kind!r}: {str(err).splitlines()[0]}") from None
+        index = _new_faiss_index(factory, dim, metric)
         if metric == "cosine":
             x = _normalize(x)
         if not index.is_trained:
-            index.train(training_sample(x, train_size))
-        db = duckdb.connect(":memory:")
+            try:
+                index.train(training_sample(x, train_size))
+            except RuntimeError as err:
+                raise UserError(f"FAISS cannot train {factory} on {n} vectors: {_faiss_message(err)}") from None
+        db = memory_db()
         manifest = {
             "format_version": FORMAT_VERSION,
             "dim": dim,
@@ -215,10 +247,13 @@ class VectorIndex:
     def load(cls, path: str | os.PathLike, device: str = "auto", shard: bool = False) -> VectorIndex:
         """Open an index directory, verifying its manifest, format version and checksums.
 
-        `device`: auto | cpu | cuda; with several GPUs the index is replicated, or split with `shard`."""
-        path = Path(path)
+        `device`: auto | cpu | cuda; with several GPUs the index is replicated, or split with `shard`.
+        A name published by `save` is a symlink onto one version: everything is read from the version it
+        points to now, so a concurrent replace never mixes two versions."""
+        recover(path)
+        path = Path(path).resolve()
         manifest = read_manifest(path)
-        for name, expected in manifest.get("sha256", {}).items():
+        for name, expected in manifest["sha256"].items():
             if not (path / name).is_file():
                 raise IndexFormatError(f"{path}: {name} is missing")
             if sha256_file(path / name) != expected:
@@ -229,11 +264,15 @@ class VectorIndex:
             raise IndexFormatError(f"{path}: {FAISS_FILE} is not a readable FAISS index") from None
         if index.d != manifest["dim"]:
             raise IndexFormatError(f"{path}: FAISS index has dimension {index.d}, manifest says {manifest['dim']}")
-        db = duckdb.connect(":memory:")
+        db = memory_db()
         try:
-            db.execute(f"ATTACH '{path / PAYLOAD_FILE}' AS src (READ_ONLY)")
-            db.execute("CREATE TABLE rows AS SELECT * FROM src.rows")
-            db.execute("DETACH src")
+            with duckdb.connect(str(path / PAYLOAD_FILE), read_only=True, config=LOCKED_DUCKDB) as src:
+                table = src.sql("SELECT * FROM rows").to_arrow_table()
+            if not {"_row", "id"} <= set(table.column_names):
+                raise IndexFormatError(f"{path}: payload store lacks the _row / id columns")
+            db.register("_loaded", table)
+            db.execute("CREATE TABLE rows AS SELECT * FROM _loaded")
+            db.unregister("_loaded")
         except duckdb.Error as err:
             raise IndexFormatError(f"{path}: payload store unreadable: {str(err).splitlines()[0]}") from None
         self = cls(index, db, manifest, path=path, device=device, shard=shard)
@@ -293,13 +332,9 @@ class VectorIndex:
         table = pl.DataFrame({"_row": rows, "id": ids.tolist()})
         if frame.width:
             table = table.hstack(frame)
-        new_cols = [c for c in frame.columns if c not in self._payload_columns()]
-        try:
-            for col in new_cols:  # the first payload (or a later one with new columns) widens the table
-                sql_type = self._db.from_arrow(frame.select(col).head(0).to_arrow()).types[0]
-                self._db.execute(f'ALTER TABLE rows ADD COLUMN "{col}" {sql_type}')
+        try:  # union by name: new payload columns widen the table, no column name or type written as SQL
             self._db.register("_new_rows", table.to_arrow())
-            self._db.execute("INSERT INTO rows BY NAME SELECT * FROM _new_rows")
+            self._db.execute("CREATE OR REPLACE TABLE rows AS SELECT * FROM rows UNION ALL BY NAME SELECT * FROM _new_rows")
             self._db.unregister("_new_rows")
         except duckdb.Error as err:
             raise UserError(f"payload does not fit the index's columns: {str(err).splitlines()[0]}") from None
@@ -367,15 +402,18 @@ class VectorIndex:
             self._searcher = choose_searcher(self._cpu, self.device, self.metric, shard=self.shard)
         return self._searcher
 
-    def search_rows(self, queries: Any, k: int = 10, *, where: str | None = None,
+    def search_rows(self, queries: Any, k: int = 10, *, where: Any = None,
                     exclude: Sequence[Id] | Sequence[Sequence[Id]] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Raw search: (scores, rows), both (Q, k); rows are internal row numbers, -1 where fewer than k.
+        """Raw search: (scores, rows), both (Q, k'); rows are internal row numbers, -1 where fewer than k.
+        k' is k clamped to the live rows (at least 1), so a huge k costs no memory.
 
-        `where` is an SQL predicate on payload columns (e.g. "genre = 'Drama'"); `exclude` is one id
-        list for every query or one list per query (e.g. each user's seen items).
+        `where` is a structured filter on payload columns (see `indexes.filters`), e.g.
+        `("genre", "==", "Drama")`; `exclude` is one id list for every query or one list per query
+        (e.g. each user's seen items).
         """
-        if k < 1:
-            raise UserError(f"k must be >= 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise UserError(f"k must be an integer >= 1, got {k!r}")
+        k = int(min(k, max(self.ntotal, 1)))
         q = _as_matrix(queries, self.dim, "queries")
         if self.metric == "cosine":
             q = _normalize(q)
@@ -384,7 +422,7 @@ class VectorIndex:
         if where is None:
             scores, rows = self._get_searcher().search(q, k + extra)
         else:
-            scores, rows = FaissSearcher(self._cpu).search(q, k + extra, allowed=self._rows_where(where))
+            scores, rows = FaissSearcher(self._cpu).search(q, k + extra, allowed=self.rows_where(where))
         if not extra:
             return scores, rows
         drop = np.isin(rows, self._tombstones) if len(self._tombstones) else np.zeros(rows.shape, bool)
@@ -398,7 +436,7 @@ class VectorIndex:
         scores, rows = self.search_rows(queries, k, **filters)
         return scores, self.ids_of(rows)
 
-    def search(self, queries: Any, k: int = 10, *, where: str | None = None,
+    def search(self, queries: Any, k: int = 10, *, where: Any = None,
                exclude: Sequence[Id] | Sequence[Sequence[Id]] | None = None,
                with_payload: bool = True) -> list[list[Hit]]:
         """Search and join each result with its payload: one list of `Hit` per query, best first."""
@@ -419,11 +457,14 @@ class VectorIndex:
         columns = [d[0] for d in cursor.description]
         return {row[0]: dict(zip(columns[1:], row[1:])) for row in cursor.fetchall()}
 
-    def _rows_where(self, where: str) -> np.ndarray:
+    def rows_where(self, where: Any) -> np.ndarray:
+        """Rows whose payload passes the structured filter (compiled to a parameterised query)."""
+        predicate, params = compile_filter(where, self._payload_columns())
         try:
-            return self._db.execute(f"SELECT _row FROM rows WHERE {where}").fetchnumpy()["_row"].astype(np.int64)
+            found = self._db.execute(f"SELECT _row FROM rows WHERE {predicate}", params).fetchnumpy()
         except duckdb.Error as err:
             raise UserError(f"bad filter {where!r}: {str(err).splitlines()[0]}") from None
+        return found["_row"].astype(np.int64)
 
     def _excluded_rows(self, exclude: Any, n_queries: int) -> tuple[np.ndarray, int] | None:
         """Encode (query, row) pairs to drop as int keys; returns (keys, longest list) or None."""
@@ -438,27 +479,29 @@ class VectorIndex:
         return np.asarray(keys, dtype=np.int64), max(len(ids) for ids in lists)
 
     # ---- persistence --------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, extras: Mapping[str, Callable[[Path], None]] | None = None) -> Path:
-        """Write the index directory atomically. `extras` maps a name to a function writing it
-        into the new directory (e.g. a BM25 index or the model that encodes queries). Saving over
-        the directory it was loaded from keeps that directory's other files."""
+    def save(self, path: str | os.PathLike, extras: Mapping[str, Callable[[Path], None]] | None = None,
+             overwrite: bool = False) -> Path:
+        """Write the index directory atomically (see `indexes.files.atomic_dir`). `extras` maps a name to
+        a function writing it into the new directory (e.g. a BM25 index or the model that encodes queries).
+        Replacing an existing index needs `overwrite`, except saving back over the index this one was
+        loaded from, which keeps that directory's other files."""
         path = Path(path)
         extras = dict(extras or {})
-        with atomic_dir(path) as tmp:
+        own = self.path is not None and path.exists() and self.path == path.resolve()
+        with atomic_dir(path, "index", overwrite or own) as tmp:
             faiss.write_index(self._cpu, str(tmp / FAISS_FILE))
-            self._db.execute(f"ATTACH '{tmp / PAYLOAD_FILE}' AS dst")
-            try:
-                self._db.execute("CREATE TABLE dst.rows AS SELECT * FROM rows")
-            finally:
-                self._db.execute("DETACH dst")
+            table = self._db.sql("SELECT * FROM rows").to_arrow_table()
+            with duckdb.connect(str(tmp / PAYLOAD_FILE), config=LOCKED_DUCKDB) as dst:
+                dst.register("_rows", table)
+                dst.execute("CREATE TABLE rows AS SELECT * FROM _rows")
             for name, write in extras.items():
                 write(tmp / name)
-            if self.path is not None and self.path.resolve() == path.resolve():
-                _copy_other_entries(path, tmp, keep=set(extras))
+            if own:
+                _copy_other_entries(self.path, tmp, keep=set(extras))
             manifest = dict(self.manifest, rows=self.ntotal, search_device=self.device_info, sha256={
                 FAISS_FILE: sha256_file(tmp / FAISS_FILE), PAYLOAD_FILE: sha256_file(tmp / PAYLOAD_FILE)})
             atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2, default=str) + "\n")
-        self.manifest, self.path = manifest, path
+        self.manifest, self.path = manifest, path.resolve()
         return path
 
     def info(self) -> dict[str, Any]:
@@ -485,14 +528,15 @@ def _compact(scores: np.ndarray, rows: np.ndarray, drop: np.ndarray, k: int, met
 
 def _copy_other_entries(src: Path, dst: Path, keep: set[str]) -> None:
     for entry in src.iterdir():
-        if entry.name in {FAISS_FILE, PAYLOAD_FILE, MANIFEST_FILE} | keep:
+        if entry.name in {FAISS_FILE, PAYLOAD_FILE, MANIFEST_FILE, MARKER_FILE} | keep:
             continue
         target = dst / entry.name
         shutil.copytree(entry, target) if entry.is_dir() else shutil.copy2(entry, target)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """Read and check an index manifest: present, valid JSON, known format version."""
+    """Read an index manifest and check it against the schema: a manifest is input like any other, so
+    its types, ranges and the files it names (only the index's own) are verified before use."""
     file = Path(path) / MANIFEST_FILE
     if not Path(path).is_dir():
         raise UserError(f"no index at {path}")
@@ -500,12 +544,39 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise IndexFormatError(f"{path}: {MANIFEST_FILE} is missing (not an index, or a broken one)")
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise IndexFormatError(f"{path}: {MANIFEST_FILE} is not valid JSON ({err})") from None
+    except (UnicodeDecodeError, ValueError) as err:
+        raise IndexFormatError(f"{path}: {MANIFEST_FILE} is not valid JSON ({str(err).splitlines()[0]})") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
         raise IndexFormatError(f"{path}: unknown index format version {version!r} (this ragcli reads {FORMAT_VERSION})")
-    for key in ("dim", "metric", "kind", "rows", "id_type"):
-        if key not in manifest:
-            raise IndexFormatError(f"{path}: manifest lacks {key!r}")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise IndexFormatError(f"{path}: bad manifest: {problem}")
     return manifest
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's fields, or None."""
+    checks = {
+        "dim": lambda v: _is_int(v, 1, 1 << 20),
+        "rows": lambda v: _is_int(v, 0, 1 << 48),
+        "metric": lambda v: v in METRICS,
+        "id_type": lambda v: v in ("int", "str"),
+        "kind": lambda v: isinstance(v, str) and bool(_FACTORY.fullmatch(v)),
+        "encoder": lambda v: isinstance(v, dict),
+        "search_params": lambda v: isinstance(v, dict) and all(_is_int(x, 1, 1 << 20) for x in v.values()),
+        "sha256": lambda v: isinstance(v, dict) and set(v) == {FAISS_FILE, PAYLOAD_FILE}
+        and all(isinstance(x, str) and re.fullmatch(r"[0-9a-f]{64}", x) for x in v.values()),
+    }
+    for key, valid in checks.items():
+        if key not in manifest:
+            if key in ("encoder", "search_params"):  # optional
+                continue
+            return f"{key!r} is missing"
+        if not valid(manifest[key]):
+            return f"{key!r} has a bad value {str(manifest[key])[:80]!r}"
+    return None

@@ -12,7 +12,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from indexes.errors import UserError
+
 __all__ = [
+    "require_finite",
     "hit_matrix",
     "hit_rate_at_k",
     "precision_at_k",
@@ -24,6 +27,15 @@ __all__ = [
     "set_precision_recall_fbeta",
     "summarize",
 ]
+
+
+def require_finite(values, what: str) -> None:
+    """Raise a UserError when scores (or a loss) hold NaN or +-infinity. Ranks are counted as "items
+    scoring strictly higher" and every comparison with NaN is false, so a broken model would otherwise
+    rank every target first and look perfect. Takes NumPy arrays, torch tensors and floats."""
+    finite = values.isfinite().all() if hasattr(values, "isfinite") else np.isfinite(np.asarray(values)).all()
+    if not bool(finite):
+        raise UserError(f"{what} hold NaN or infinite values (a diverged or corrupt model)")
 
 
 def hit_matrix(ranked: Sequence[Sequence], relevant: Sequence[Iterable]) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ class BuildRequest:
     metric: str | None = None
     device: str = "auto"
     seed: int = 0
+    overwrite: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
 

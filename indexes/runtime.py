@@ -1,4 +1,4 @@
-"""Run-time helpers every family shares: device choice, seeding, progress bars, atomic writes."""
+"""Run-time helpers every family shares: device choice, seeding, progress bars, checkpoint loading."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ import contextlib
 import io
 import os
 import random
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable
 from typing import TypeVar
 
 import numpy as np
@@ -62,54 +59,37 @@ def seed_everything(seed: int) -> None:
 
 
 def load_pretrained(cls: type[M], path: str | os.PathLike, **kwargs) -> M:
-    """`cls.from_pretrained(path)` for a huggingface_hub `PyTorchModelHubMixin` model, without the status
-    line the mixin print()s for local folders: stdout belongs to the results (`--json`)."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return cls.from_pretrained(path, **kwargs)
+    """`cls.from_pretrained(path)` for a huggingface_hub `PyTorchModelHubMixin` model, strictly: every tensor
+    present and no stray one, a config the constructor accepts (it validates types and ranges), finite
+    weights. A broken checkpoint is one UserError naming the directory, never random weights.
 
+    Also keeps the status line the mixin print()s for local folders off stdout (it belongs to `--json`)."""
+    from safetensors import SafetensorError
 
-@contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temp directory beside `target`; on success it is renamed into place.
+    from indexes.files import read_json
 
-    On any exception the temp directory is removed and `target` is left exactly as it was.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    if os.path.isdir(path):
+        config = read_json(os.path.join(path, "config.json"), "model config")
+        if not isinstance(config, dict):
+            raise UserError(f"{path}: config.json must hold a JSON object")
     try:
-        yield tmp
-        _fsync_tree(tmp)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = cls.from_pretrained(path, strict=True, **kwargs)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+    except (TypeError, ValueError, RuntimeError, KeyError, OSError, SafetensorError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__  # strict loading names the keys on later lines
+        raise UserError(f"{path} is not a valid {cls.__name__} checkpoint: {message[:300]}") from None
+    require_finite_parameters(model, path)
+    return model
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file through a temp file and rename, so readers never see half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def require_finite_parameters(model, where: str | os.PathLike) -> None:
+    """A checkpoint whose weights hold NaN or infinity scores every item NaN; refuse it by name."""
+    import torch
 
-
-def _fsync_tree(root: Path) -> None:
-    for file in root.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as fh:
-                os.fsync(fh.fileno())
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise UserError(f"{where}: weights hold NaN or infinite values ({', '.join(bad[:3])}"
+                        f"{' ...' if len(bad) > 3 else ''})")

@@ -10,6 +10,7 @@ from typing import Any
 import platformdirs
 
 from indexes.errors import UserError
+from indexes.files import expand
 from indexes.index import MANIFEST_FILE, read_manifest
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -20,12 +21,18 @@ def ragcli_home() -> Path:
     return Path(os.environ.get("RAGCLI_HOME") or platformdirs.user_data_dir("ragcli"))
 
 
+def looks_like_path(text: str) -> bool:
+    """A path must look like one (contains '/', or starts with '.' or '~'); anything else is a name,
+    whatever files happen to be in the working directory."""
+    return "/" in text or os.sep in text or text.startswith((".", "~"))
+
+
 def index_path(name_or_path: str | os.PathLike) -> Path:
-    """A plain name means `<home>/indexes/NAME`; anything with a path separator (or that exists) is a path."""
+    """A name means `<home>/indexes/NAME`; a path (see `looks_like_path`) is taken as it is."""
     text = str(name_or_path)
-    if os.sep in text or "/" in text or Path(text).exists():
-        return Path(text)
-    if not _NAME.match(text):
+    if isinstance(name_or_path, os.PathLike) or looks_like_path(text):
+        return expand(text)
+    if not _NAME.match(text) or len(text) > 200:
         raise UserError(f"bad index name {text!r}: use letters, digits, '.', '_' and '-'")
     return ragcli_home() / "indexes" / text
 
@@ -35,7 +42,7 @@ def list_indexes() -> list[dict[str, Any]]:
     root = ragcli_home() / "indexes"
     found = []
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
-        if entry.name.startswith(".") or not (entry / MANIFEST_FILE).is_file():
+        if entry.name.startswith(".") or not (entry / MANIFEST_FILE).is_file():  # hidden: versions, locks
             continue
         try:
             manifest = read_manifest(entry)

@@ -16,12 +16,17 @@ import polars as pl
 import torch
 
 from indexes.errors import UserError
+from indexes.files import regular_file
 from recsys.fetch import resolve_data
 
 FORMATS = ("auto", "sasrec", "csv", "tsv", "parquet", "movielens", "recbole")
 USER_COLUMNS = ("user", "user_id", "userid", "userId", "uid")
 ITEM_COLUMNS = ("item", "item_id", "itemid", "itemId", "movieId", "movie_id", "iid")
 TIME_COLUMNS = ("timestamp", "time", "ts", "datetime", "date")
+EXPECTED = {"sasrec": "a space-separated `user item` text file", "csv": "a CSV file with user and item columns",
+            "tsv": "a tab-separated file with user and item columns", "parquet": "a parquet file",
+            "movielens": "a MovieLens folder or ratings file", "recbole": "a RecBole .inter file or folder"}
+SNIFF_BYTES = 8192
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
                  "Thriller", "War", "Western")
@@ -55,20 +60,43 @@ def detect_format(path: Path) -> str:
 
 
 def read_interactions(path: str | Path, fmt: str = "auto") -> RawData:
-    """Read an interactions file or dataset folder (or a fetched dataset by name) in any supported format."""
+    """Read an interactions file or dataset folder (or a fetched dataset by name) in any supported format.
+
+    Whatever is wrong with the data (a FIFO, a folder where a file belongs, binary or non-UTF-8 bytes, a
+    parquet file read as text, missing columns, no rows) is one UserError line naming the file."""
     path = resolve_data(path)
     fmt = detect_format(path) if fmt == "auto" else fmt
     readers = {"sasrec": _read_sasrec, "movielens": _read_movielens, "recbole": _read_recbole,
                **{table: lambda p, table=table: _read_table(p, table) for table in ("csv", "tsv", "parquet")}}
     if fmt not in readers:
         raise UserError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt in ("sasrec", "csv", "tsv", "parquet") or not path.is_dir():
+        regular_file(path, "interactions file")
     try:
         raw = readers[fmt](path)
-    except (pl.exceptions.PolarsError, UnicodeDecodeError, ValueError) as err:
-        raise UserError(f"{path}: cannot read as {fmt}: {str(err).splitlines()[0]}") from None
+    except (pl.exceptions.PolarsError, UnicodeDecodeError, ValueError, OSError) as err:
+        raise UserError(f"{path} is not {EXPECTED[fmt]}: {_one_line(str(err))}") from None
     if raw.interactions.is_empty():
         raise UserError(f"{path}: no interactions")
     return raw
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """An error detail fit for one terminal line: first line, printable characters only, truncated."""
+    line = "".join(c if c.isprintable() else "?" for c in (text.strip().splitlines() or [""])[0])
+    return line[:limit] + ("..." if len(line) > limit else "")
+
+
+def _text_file(path: Path, fmt: str) -> Path:
+    """`path` if it is a regular file that looks like text; binary data (a parquet file given as CSV, say)
+    is refused before any parser can echo its bytes."""
+    with open(regular_file(path, "interactions file"), "rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+    if head.startswith(b"PAR1"):
+        raise UserError(f"{path} is a parquet file, not {EXPECTED[fmt]} (pass --format parquet)")
+    if b"\x00" in head:
+        raise UserError(f"{path} holds binary data, not {EXPECTED[fmt]}")
+    return path
 
 
 def _finish(frame: pl.DataFrame, user: str, item: str, time: str | None) -> pl.DataFrame:
@@ -88,16 +116,18 @@ def _timestamp(col: pl.Series) -> pl.Series:
 
 
 def _read_sasrec(path: Path) -> RawData:
-    frame = pl.read_csv(path, separator=" ", has_header=False, new_columns=["user", "item"],
-                        schema_overrides={"user": pl.String, "item": pl.String})
-    return RawData(_finish(frame, "user", "item", None))
+    frame = pl.read_csv(_text_file(path, "sasrec"), separator=" ", has_header=False, infer_schema=False)
+    if frame.width != 2:
+        raise UserError(f"{path}: expected 2 space-separated columns (user item), found {frame.width}")
+    return RawData(_finish(frame, *frame.columns, None))
 
 
 def _pick(columns: list[str], names: tuple[str, ...], what: str, path: Path, required: bool = True) -> str | None:
     lowered = {c.lower(): c for c in columns}
     found = next((lowered[n.lower()] for n in names if n.lower() in lowered), None)
     if found is None and required:
-        raise UserError(f"{path}: no {what} column (looked for {', '.join(names)}; found {', '.join(columns)})")
+        raise UserError(f"{path}: no {what} column (looked for {', '.join(names)}; "
+                        f"found {_one_line(', '.join(columns), 120)})")
     return found
 
 
@@ -105,7 +135,7 @@ def _read_table(path: Path, fmt: str) -> RawData:
     if fmt == "parquet":
         frame = pl.read_parquet(path)
     else:
-        frame = pl.read_csv(path, separator="\t" if fmt == "tsv" else ",", infer_schema_length=10_000,
+        frame = pl.read_csv(_text_file(path, fmt), separator="\t" if fmt == "tsv" else ",", infer_schema_length=10_000,
                             schema_overrides={c: pl.String for c in USER_COLUMNS + ITEM_COLUMNS})
     cols = frame.columns
     return RawData(_finish(frame, _pick(cols, USER_COLUMNS, "user", path), _pick(cols, ITEM_COLUMNS, "item", path),
@@ -113,10 +143,14 @@ def _read_table(path: Path, fmt: str) -> RawData:
 
 
 def _split_lines(path: Path, sep: str, names: list[str]) -> pl.DataFrame:
-    """Split a latin-1 text file on a multi-character separator (MovieLens `::`)."""
-    lines = pl.Series("line", path.read_bytes().decode("latin-1").splitlines())
+    """Split a latin-1 text file on a (multi-character) separator (MovieLens `::`); every line must have
+    all the fields."""
+    lines = pl.Series("line", _text_file(path, "movielens").read_bytes().decode("latin-1").splitlines())
     parts = lines.filter(lines.str.len_chars() > 0).str.splitn(sep, len(names)).struct.rename_fields(names)
-    return parts.struct.unnest()
+    frame = parts.struct.unnest()
+    if frame[names[-1]].null_count():
+        raise UserError(f"{path}: expected {len(names)} fields separated by {sep!r} on every line")
+    return frame
 
 
 def _read_movielens(path: Path) -> RawData:
@@ -128,17 +162,18 @@ def _read_movielens(path: Path) -> RawData:
         movies = folder / "movies.dat"
         items = _split_lines(movies, "::", ["item", "title", "genres"]) if movies.exists() else None
     elif (folder / "u.data").exists():
-        ratings = pl.read_csv(folder / "u.data", separator="\t", has_header=False,
-                              new_columns=["user", "item", "rating", "timestamp"])
+        ratings = _split_lines(folder / "u.data", "\t", ["user", "item", "rating", "timestamp"])
         items = _ml100k_items(folder / "u.item") if (folder / "u.item").exists() else None
     elif (folder / "ratings.csv").exists():
-        ratings = pl.read_csv(folder / "ratings.csv").rename({"userId": "user", "movieId": "item"})
+        ratings = pl.read_csv(_text_file(folder / "ratings.csv", "movielens")).rename({"userId": "user", "movieId": "item"})
         movies = folder / "movies.csv"
-        items = pl.read_csv(movies).rename({"movieId": "item"}) if movies.exists() else None
+        items = pl.read_csv(_text_file(movies, "movielens")).rename({"movieId": "item"}) if movies.exists() else None
     else:
         raise UserError(f"{folder}: not a MovieLens folder (no ratings.dat, u.data or ratings.csv)")
+    if items is not None and "genres" in items.columns:
+        items = items.with_columns(pl.col("genres").str.replace_all("|", ", ", literal=True))
     if items is not None:
-        items = items.with_columns(pl.col("item").cast(pl.String), pl.col("genres").str.replace_all("|", ", ", literal=True))
+        items = items.with_columns(pl.col("item").cast(pl.String))
     return RawData(_finish(ratings, "user", "item", "timestamp"), items)
 
 
@@ -151,7 +186,9 @@ def _ml100k_items(path: Path) -> pl.DataFrame:
 
 def _read_recbole(path: Path) -> RawData:
     """RecBole atomic files: `<name>.inter` (+ `<name>.item` beside it), headers typed like `item_id:token`."""
-    inter = path if path.is_file() else next(path.glob("*.inter"))
+    inter = path if not path.is_dir() else next(path.glob("*.inter"), None)
+    if inter is None:
+        raise UserError(f"{path}: no .inter file inside")
     frame = _read_atomic(inter)
     items_file = inter.with_suffix(".item")
     items = _read_atomic(items_file) if items_file.exists() else None
@@ -167,7 +204,7 @@ def _read_recbole(path: Path) -> RawData:
 
 
 def _read_atomic(path: Path) -> pl.DataFrame:
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with open(_text_file(path, "recbole"), encoding="utf-8", errors="replace") as fh:
         header = [field.split(":") for field in fh.readline().rstrip("\r\n").split("\t")]
     frame = pl.read_csv(path, separator="\t", infer_schema=False, quote_char=None, encoding="utf8-lossy",
                         new_columns=[name for name, *_ in header])

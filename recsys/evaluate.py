@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from indexes import UserError
-from indexes.metrics import summarize
-from indexes.runtime import atomic_write_text
+from indexes.files import atomic_write_text
+from indexes.metrics import require_finite, summarize
+from recsys.checks import MAX_CUTOFF
 from recsys.data import EvalCase, LeaveOneOut, load_sequences, ragged
 from recsys.model import SASRec
-from recsys.recommender import Recommender
+from recsys.recommender import STATE_FILE, Recommender, read_training_state
 
 PROTOCOLS = ("full", "sampled100")
 N_SAMPLED = 100
@@ -30,7 +31,7 @@ N_SAMPLED = 100
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
     """HR@K, NDCG@K, MRR@K from each query's 0-based target rank (one relevant item per query)."""
-    width = max(ks)
+    width = min(max(ks), int(ranks.max(initial=0)) + 1)  # no rank reaches past the last item
     hits = ranks[:, None] == np.arange(width)[None, :]
     return summarize(hits, np.ones(len(ranks), dtype=np.int64), ks)
 
@@ -60,6 +61,7 @@ def target_ranks(model: SASRec, case: EvalCase, protocol: str = "full", keep_see
 def _full_ranks(model: SASRec, states: torch.Tensor, targets: torch.Tensor, case: EvalCase, part: slice,
                 keep_seen: bool) -> torch.Tensor:
     scores = states @ model.item_weight[1:].T
+    require_finite(scores, "item scores")  # before seen items are masked with -inf
     target_scores = scores.gather(1, (targets - 1).unsqueeze(1))
     if not keep_seen:
         rows, items = ragged(case.items, case.starts[part], case.ends[part])
@@ -71,6 +73,8 @@ def _sampled_ranks(model: SASRec, states: torch.Tensor, targets: torch.Tensor, n
     weight = model.item_weight
     target_scores = (states * weight[targets]).sum(-1, keepdim=True)
     negative_scores = torch.einsum("bh,bnh->bn", states, weight[negatives])
+    require_finite(target_scores, "item scores")
+    require_finite(negative_scores, "item scores")
     return (negative_scores > target_scores).sum(1)
 
 
@@ -98,11 +102,10 @@ def evaluate_model(data: str | Path, model_dir: str | Path, fmt: str = "auto", p
     minimum length, the model's item ids); with `out`, also written there as JSON."""
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
-    if not ks or min(ks) < 1:
-        raise UserError("--k needs one or more positive cut-offs, e.g. 1,5,10,20")
+    if not ks or not all(type(k) is int and 1 <= k <= MAX_CUTOFF for k in ks):
+        raise UserError(f"--k needs one or more cut-offs in [1, {MAX_CUTOFF}], e.g. 1,5,10,20")
     recommender = Recommender.from_pretrained(model_dir, device=device)
-    state_file = Path(model_dir) / "training.json"
-    trained = json.loads(state_file.read_text(encoding="utf-8"))["config"] if state_file.is_file() else {}
+    trained = read_training_state(model_dir)["config"] if (Path(model_dir) / STATE_FILE).is_file() else {}
     seqs = load_sequences(data, fmt, k=trained.get("k_core", 0), min_len=trained.get("min_len", 1),
                           item_ids=recommender.item_ids)
     case = LeaveOneOut(seqs, recommender.model.maxlen).case("test")

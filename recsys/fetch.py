@@ -1,9 +1,11 @@
 """Download the GroupLens MovieLens archives: checksum-verified, resumable (HTTP Range), with a progress
-bar, unpacked atomically into `<data dir>/<name>/`."""
+bar, unpacked atomically into `<data dir>/<name>/`. A failed fetch leaves nothing behind that it made,
+except the partial download of a transfer cut off midway (kept so that the next run resumes it)."""
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import shutil
 import urllib.error
 import urllib.request
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from indexes import UserError, ragcli_home
-from indexes.runtime import atomic_dir, progress
+from indexes.files import atomic_dir, expand, output_lock, regular_file
+from indexes.runtime import progress
 
 CHUNK = 1 << 16
 
@@ -55,28 +58,44 @@ def resolve_data(name_or_path: str | Path, data_dir: Path | None = None) -> Path
 
 
 def fetch(name: str, root: Path | None = None) -> Path:
-    """Download (or finish downloading) dataset `name`, verify it and unpack it; returns its folder."""
+    """Download (or finish downloading) dataset `name`, verify it and unpack it; returns its folder.
+
+    One fetch of a name at a time (its lock). On failure, the folders it made and the `NAME.zip.part`
+    file are removed (a bad archive or checksum removes the download), with one exception on purpose: a
+    transfer cut off midway (connection lost, Ctrl-C) keeps its `.part` file, which the next run resumes."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
-    root = Path(root) if root else data_home()
+    root = _data_folder(expand(root) if root else data_home())
     target = root / name
     if target.is_dir():
         return target
     archive = DATASETS[name]
     part = root / f"{name}.zip.part"
-    download(archive.url, part)
-    if not verify(part, archive.checksum):
+    with output_lock(target):  # also removes the folders it made, if they stay empty
+        download(archive.url, part)
+        try:
+            if not verify(part, archive.checksum):
+                raise UserError(f"{archive.url}: checksum mismatch (download removed; run again)")
+            unpack(part, target)
+        except UserError:
+            part.unlink(missing_ok=True)
+            raise
         part.unlink()
-        raise UserError(f"{archive.url}: checksum mismatch (download removed; run again)")
-    unpack(part, target)
-    part.unlink()
     return target
+
+
+def _data_folder(root: Path) -> Path:
+    """`root` if it is, or can be made, a folder: an existing file there or above it is a UserError."""
+    existing = next(p for p in [root, *root.parents] if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"cannot use {root} as the data folder: {existing} is not a folder")
+    return root
 
 
 def download(url: str, dest: Path) -> None:
     """Fetch `url` into `dest`, continuing a partial `dest` with a Range request when the server allows."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    have = dest.stat().st_size if dest.exists() else 0
+    have = regular_file(dest, "partial download").stat().st_size if dest.exists() or dest.is_symlink() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
         response = urllib.request.urlopen(request, timeout=60)
@@ -88,13 +107,23 @@ def download(url: str, dest: Path) -> None:
         raise UserError(f"cannot download {url}: {getattr(err, 'reason', err)}") from None
     with response:
         resumed = have and getattr(response, "status", 200) == 206
-        length = int(response.headers.get("Content-Length") or 0)
-        with open(dest, "ab" if resumed else "wb") as out, \
-                progress(total=(have if resumed else 0) + length or None, initial=have if resumed else 0,
-                         unit="B", unit_scale=True, desc=Path(url).name) as bar:
-            for chunk in iter(lambda: response.read(CHUNK), b""):
-                out.write(chunk)
-                bar.update(len(chunk))
+        declared = response.headers.get("Content-Length", "")
+        length = int(declared) if declared.isdigit() else 0
+        try:
+            with open(dest, "ab" if resumed else "wb") as out, \
+                    progress(total=(have if resumed else 0) + length or None, initial=have if resumed else 0,
+                             unit="B", unit_scale=True, desc=Path(url).name) as bar:
+                received = 0
+                for chunk in iter(lambda: response.read(CHUNK), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+                    received += len(chunk)
+            if received < length:  # the server hung up early
+                raise http.client.IncompleteRead(b"", length - received)
+        except (OSError, http.client.HTTPException) as err:  # cut off midway: the part file stays, to resume
+            if dest.is_file() and not dest.stat().st_size:
+                dest.unlink()
+            raise UserError(f"download of {url} interrupted ({type(err).__name__}); run again to resume") from None
 
 
 def verify(path: Path, checksum: str) -> bool:
@@ -110,7 +139,7 @@ def verify(path: Path, checksum: str) -> bool:
 def unpack(zip_path: Path, target: Path) -> None:
     """Extract the archive's top folder (ml-1m/...) as `target`, atomically; refuses unsafe member paths."""
     try:
-        with zipfile.ZipFile(zip_path) as archive, atomic_dir(target) as tmp:
+        with zipfile.ZipFile(zip_path) as archive, atomic_dir(target, "dataset") as tmp:
             for member in archive.infolist():
                 parts = PurePosixPath(member.filename).parts
                 if member.filename.startswith("/") or ".." in parts:

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from recsys.checks import check_architecture
+
 
 class Dropout(nn.Dropout):
     """Dropout drawing its mask as `uniform >= p`: the same distribution as nn.Dropout, but about twice
@@ -60,9 +62,9 @@ class SASRec(nn.Module, PyTorchModelHubMixin):
     def __init__(self, n_items: int, maxlen: int = 50, hidden: int = 64, blocks: int = 2, heads: int = 1,
                  dropout: float = 0.2, pre_ln: bool = True):
         super().__init__()
-        if hidden % heads:
-            raise ValueError(f"hidden size {hidden} is not divisible by {heads} heads")
+        check_architecture(n_items, maxlen, hidden, blocks, heads, dropout, pre_ln)
         self.n_items, self.maxlen, self.hidden = n_items, maxlen, hidden
+        self.architecture = dict(maxlen=maxlen, hidden=hidden, blocks=blocks, heads=heads, dropout=dropout, pre_ln=pre_ln)
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(maxlen, hidden)
         self.emb_drop = Dropout(dropout)

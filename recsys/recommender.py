@@ -12,17 +12,22 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from huggingface_hub import hf_hub_download
 
 from indexes import Hit, UserError
+from indexes.files import read_json
+from indexes.metrics import require_finite
 from indexes.runtime import load_pretrained, resolve_device
+from recsys.checks import ARCHITECTURE
 from recsys.data import windows
 from recsys.model import SASRec
 
 ID_MAP_FILE = "item_ids.json"
+STATE_FILE = "training.json"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -53,7 +58,12 @@ class Recommender:
         else:
             raise UserError(f"{path} is not a SASRec model directory")
         model = load_pretrained(SASRec, name_or_path)
-        return cls(model.to(resolve_device(device)), json.loads(id_map.read_text(encoding="utf-8")))
+        if path.is_dir():  # every setting written out, none left to the constructor's defaults
+            absent = [k for k in ("n_items", *ARCHITECTURE) if k not in read_json(path / "config.json", "model config")]
+            if absent:
+                raise UserError(f"{path}: config.json lacks {', '.join(absent)}")
+        item_ids = _checked_ids(read_json(id_map, "item id map"), model.n_items, f"{name_or_path}: {ID_MAP_FILE}")
+        return cls(model.to(resolve_device(device)), item_ids)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config.json, model.safetensors and the id map into `path` (wrap it in `atomic_dir`)."""
@@ -93,10 +103,39 @@ class Recommender:
 
     def recommend(self, history: Sequence[str | int], k: int = 10, skip_unknown: bool = False,
                   keep_seen: bool = False) -> list[Hit]:
-        """Top-k raw item ids for a history of raw ids (oldest first), by exact inner product."""
+        """Top-k raw item ids for a history of raw ids (oldest first), by exact inner product; k is clamped
+        to the items left to rank."""
+        if k < 1:
+            raise UserError(f"k must be >= 1, got {k}")
         ids = self.to_internal(history, skip_unknown)
         scores = torch.from_numpy(self.encode([ids])[0]) @ torch.from_numpy(self.item_vectors()).T
+        require_finite(scores, "item scores")
         if not keep_seen:
             scores[torch.tensor(ids) - 1] = float("-inf")
         top = scores.topk(min(k, int(torch.isfinite(scores).sum())))
         return [Hit(self.item_ids[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+
+
+def _checked_ids(ids: Any, n_items: int, where: str) -> list[str]:
+    """An id map as read from JSON: a list of `n_items` unique raw ids (strings or integers)."""
+    if not isinstance(ids, list) or not all(isinstance(i, str) or type(i) is int for i in ids):
+        raise UserError(f"{where} must be a list of item ids (strings or integers)")
+    if len(ids) != n_items:
+        raise UserError(f"{where} has {len(ids)} ids, the model {n_items} items")
+    raw = [str(i) for i in ids]
+    if len(set(raw)) != len(raw):
+        raise UserError(f"{where} holds duplicate ids")
+    return raw
+
+
+def read_training_state(model_dir: str | Path) -> dict[str, Any]:
+    """The `training.json` of a model directory ({"config": ..., "state": ...}), checked enough to use."""
+    saved = read_json(Path(model_dir) / STATE_FILE, "training state")
+    if not (isinstance(saved, dict) and isinstance(saved.get("config"), dict) and isinstance(saved.get("state"), dict)):
+        raise UserError(f"{model_dir}: {STATE_FILE} must hold a 'config' and a 'state' object")
+    config, state = saved["config"], saved["state"]
+    counts = [config.get("k_core", 0), config.get("min_len", 1), state.get("epoch", 0), state.get("best_epoch", 0)]
+    if not all(type(n) is int and n >= 0 for n in counts) or not isinstance(state.get("history", []), list) \
+            or not isinstance(state.get("best_valid_ndcg10", 0.0), (int, float)):
+        raise UserError(f"{model_dir}: {STATE_FILE} holds a malformed config or state")
+    return saved

@@ -4,14 +4,19 @@ item payload (title, genres) in DuckDB, the model stored inside the index so que
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from indexes import BuildRequest, Hit, QueryRequest, UserError, VectorIndex
+from indexes import BuildRequest, Hit, UserError, VectorIndex
+from indexes.engine import Engine, Query
+from indexes.files import inside
+from indexes.registry import Family, register_family
 from recsys.data import read_interactions
-from recsys.fetch import resolve_data
+from recsys.fetch import DATASETS, resolve_data
 from recsys.recommender import Recommender
 
 MODEL_DIR = "model"
@@ -40,19 +45,36 @@ def build_index(request: BuildRequest, out: Path) -> VectorIndex:
     index = VectorIndex.build(recommender.item_vectors(), recommender.item_ids,
                               item_payload(raw.items, recommender.item_ids), kind=request.kind,
                               metric=request.metric or "ip", encoder=encoder, device=request.device)
-    index.save(out, extras={MODEL_DIR: recommender.save_pretrained})
+    index.save(out, extras={MODEL_DIR: recommender.save_pretrained}, overwrite=request.overwrite)
     return index
 
 
-def query_index(index: VectorIndex, request: QueryRequest) -> list[Hit]:
-    """Encode `request.history` (raw item ids, oldest first) and return the top k unseen items."""
-    if not request.history:
-        raise UserError("a recsys index is queried with --history ID,ID,...")
-    if index.path is None:
-        raise UserError("this index has not been saved, so its model cannot be loaded")
-    recommender = Recommender.from_pretrained(index.path / index.encoder.get("model_dir", MODEL_DIR),
-                                              device=request.device)
-    ids = recommender.to_internal(request.history, skip_unknown=request.skip_unknown)
-    query = recommender.encode([ids])
-    seen = [recommender.item_ids[i - 1] for i in ids]
-    return index.search(np.asarray(query), k=request.k, exclude=[seen])[0]
+class RecommendationEngine(Engine):
+    """Encodes item histories (raw ids, oldest first) with the SASRec model stored in the index, loaded
+    once, and returns the best items the user has not seen."""
+
+    family, field = "recsys", "history"
+    options = frozenset({"skip_unknown"})
+
+    def __init__(self, index: VectorIndex, device: str = "auto"):
+        super().__init__(index)
+        if index.path is None:
+            raise UserError("this index has not been saved, so its model cannot be loaded")
+        model_dir = inside(index.path, index.encoder.get("model_dir", MODEL_DIR), "model_dir")
+        self.recommender = Recommender.from_pretrained(model_dir, device=device)
+
+    def search(self, queries: list[Query], k: int, where: Any, exclude: Sequence[Sequence[Any]] | None,
+               skip_unknown: bool = False) -> list[list[Hit]]:
+        if any(not q.history for q in queries):
+            raise UserError("a recsys index is queried with a history of item ids (--history ID,ID,...)")
+        histories = [self.recommender.to_internal(q.history, skip_unknown=skip_unknown) for q in queries]
+        vectors = np.asarray(self.recommender.encode(histories))
+        seen = [[self.recommender.item_ids[i - 1] for i in ids] + [str(e) for e in (exclude[n] if exclude else [])]
+                for n, ids in enumerate(histories)]
+        return self.index.search(vectors, k=k, where=where, exclude=seen)
+
+
+FAMILY = register_family(Family(
+    name="recsys", corpora={name: build_index for name in DATASETS}, opener=RecommendationEngine,
+    build_options=frozenset({"data_dir", "model", "options"}), accepts_path=True,
+))

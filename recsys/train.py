@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import pickle
 import resource
 import time
 from dataclasses import asdict, dataclass
@@ -21,16 +23,18 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from indexes import UserError
-from indexes.runtime import atomic_dir, progress, resolve_device, seed_everything
-from recsys.data import LeaveOneOut, Sequences, load_sequences
+from indexes.files import atomic_dir, check_output, output_lock, regular_file
+from indexes.metrics import require_finite
+from indexes.runtime import progress, resolve_device, seed_everything
+from recsys.checks import (ARCHITECTURE, MAX_BATCH_SIZE, MAX_COUNT, MAX_EPOCHS, MAX_NEGATIVES, MAX_SEED,
+                           check_architecture, integer)
+from recsys.data import EvalCase, LeaveOneOut, Sequences, load_sequences
 from recsys.evaluate import evaluate
 from recsys.losses import LOSSES, sequence_loss
 from recsys.model import SASRec
-from recsys.recommender import Recommender
+from recsys.recommender import STATE_FILE, Recommender, read_training_state
 
-STATE_FILE = "training.json"
 OPTIMIZER_FILE = "optimizer.pt"
-ARCHITECTURE = ("maxlen", "hidden", "blocks", "heads", "dropout", "pre_ln")
 
 
 @dataclass
@@ -58,17 +62,22 @@ class TrainConfig:
     min_len: int = 1
 
     def validate(self) -> None:
+        """Types and ranges of every setting (the CLI's option ranges): a UserError naming the bad one."""
         if self.loss not in LOSSES:
             raise UserError(f"unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
-        positive = ("epochs", "batch_size", "maxlen", "hidden", "blocks", "heads", "patience", "eval_every",
-                    "n_negatives", "min_len")
-        bad = [name for name in positive if getattr(self, name) < 1]
-        if bad:
-            raise UserError(f"{', '.join('--' + b.replace('_', '-') for b in bad)} must be >= 1")
-        if self.hidden % self.heads:
-            raise UserError(f"--hidden {self.hidden} must be divisible by --heads {self.heads}")
-        if not 0 <= self.dropout < 1 or self.lr <= 0:
-            raise UserError("--dropout must be in [0, 1) and --lr > 0")
+        counts = {"epochs": (1, MAX_EPOCHS), "batch_size": (1, MAX_BATCH_SIZE), "patience": (1, MAX_EPOCHS),
+                  "eval_every": (1, MAX_EPOCHS), "n_negatives": (1, MAX_NEGATIVES), "k_core": (0, MAX_COUNT),
+                  "min_len": (1, MAX_COUNT), "seed": (0, MAX_SEED)}
+        try:
+            for name, (low, high) in counts.items():
+                integer(name, getattr(self, name), low, high)
+            check_architecture(1, **{name: getattr(self, name) for name in ARCHITECTURE})
+        except ValueError as err:
+            raise UserError(f"invalid training settings: {err}") from None
+        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UserError("invalid training settings: lr must be a finite number > 0, weight_decay >= 0")
+        if not 0 <= self.gbce_t <= 1:
+            raise UserError(f"invalid training settings: gbce_t must be in [0, 1], got {self.gbce_t}")
 
 
 def _distributed() -> tuple[int, int]:
@@ -93,41 +102,84 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def train_sasrec(seqs: Sequences, out: str | Path, config: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
+def train_sasrec(seqs: Sequences, out: str | Path, config: TrainConfig, resume: str | Path | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
     """Train on the leave-one-out training part of `seqs`; keep the checkpoint with the best validation
-    NDCG@10 in `out` (config.json, model.safetensors, item_ids.json, training.json, optimizer.pt)."""
+    NDCG@10 in `out` (config.json, model.safetensors, item_ids.json, training.json, optimizer.pt).
+
+    An existing `out` is replaced only with `overwrite` (or when resuming from it); a diverging run (NaN
+    or infinite loss or scores) stops with a UserError and leaves its last good checkpoint in `out`."""
     config.validate()
-    rank, world = _distributed()
-    device = _device(config, world)
-    seed_everything(config.seed)
-    split = LeaveOneOut(seqs, config.maxlen)
-    inputs, targets = split.train_tensors()
-    if not len(inputs):
-        raise UserError("no user has two or more training interactions")
-    valid = split.case("valid")
-    model, optimizer, state = _start(seqs, config, device, resume)
-    net = DistributedDataParallel(model) if world > 1 else model
-    for epoch in range(state["epoch"] + 1, config.epochs + 1):
-        loss, seconds, cpu_seconds = _train_epoch(net, model, optimizer, inputs, targets, config, epoch, device,
-                                                  rank, world)
-        state["epoch"] = epoch
-        state["history"].append({"epoch": epoch, "loss": loss, "seconds": seconds, "cpu_seconds": cpu_seconds})
-        if epoch % config.eval_every and epoch != config.epochs:
-            continue
-        stop = torch.zeros(1, device=device)
-        if rank == 0:
-            ndcg = evaluate(model, valid, ks=(10,), seed=config.seed)["NDCG@10"]
-            state["history"][-1]["valid_ndcg10"] = ndcg
-            state["peak_memory_mb"] = round(_peak_memory_mb(device), 1)
-            if ndcg > state["best_valid_ndcg10"]:
-                state.update(best_valid_ndcg10=ndcg, best_epoch=epoch)
-                save_checkpoint(out, Recommender(model, seqs.item_ids), optimizer, state, config)
-            stop[0] = float((epoch - state["best_epoch"]) >= config.patience * config.eval_every)
-        if world > 1:
-            dist.broadcast(stop, src=0)
-        if stop.item():
-            break
-    return _summary(out, seqs, state, device)
+    _check_out(out, overwrite, resume)
+    with output_lock(out):
+        rank, world = _distributed()
+        device = _device(config, world)
+        seed_everything(config.seed)
+        model, optimizer, state = _start(seqs, config, device, resume)  # sets a resumed run's architecture
+        split = LeaveOneOut(seqs, config.maxlen)
+        inputs, targets = split.train_tensors()
+        if not len(inputs):
+            raise UserError("no user has two or more training interactions")
+        valid = split.case("valid")
+        net = DistributedDataParallel(model) if world > 1 else model
+        for epoch in range(state["epoch"] + 1, config.epochs + 1):
+            loss, seconds, cpu_seconds = _train_epoch(net, model, optimizer, inputs, targets, config, epoch, device,
+                                                      rank, world)
+            _require_finite(loss, epoch, out)
+            state["epoch"] = epoch
+            state["history"].append({"epoch": epoch, "loss": loss, "seconds": seconds, "cpu_seconds": cpu_seconds})
+            if epoch % config.eval_every and epoch != config.epochs:
+                continue
+            stop = torch.zeros(1, device=device)
+            if rank == 0:
+                stop[0] = _validate(model, valid, seqs, optimizer, state, config, out)
+            if world > 1:
+                dist.broadcast(stop, src=0)
+            if stop.item() == DIVERGED:
+                raise _diverged(epoch, "validation scores hold NaN or infinite values", out)
+            if stop.item():
+                break
+        return _summary(out, seqs, state, device)
+
+
+DIVERGED = 2.0  # the stop flag rank 0 broadcasts when validation scores are not finite
+
+
+def _validate(model: SASRec, valid: EvalCase, seqs: Sequences, optimizer: torch.optim.Optimizer,
+              state: dict[str, Any], config: TrainConfig, out: str | Path) -> float:
+    """Validation NDCG@10 of this epoch; saves a new best. Returns the stop flag: 1 to stop early,
+    DIVERGED when scores are not finite."""
+    epoch = state["epoch"]
+    try:
+        ndcg = evaluate(model, valid, ks=(10,), seed=config.seed)["NDCG@10"]
+    except UserError:  # require_finite on the scores
+        return DIVERGED
+    state["history"][-1]["valid_ndcg10"] = ndcg
+    state["peak_memory_mb"] = round(_peak_memory_mb(str(model.item_weight.device)), 1)
+    if ndcg > state["best_valid_ndcg10"]:
+        state.update(best_valid_ndcg10=ndcg, best_epoch=epoch)
+        save_checkpoint(out, Recommender(model, seqs.item_ids), optimizer, state, config)
+    return float((epoch - state["best_epoch"]) >= config.patience * config.eval_every)
+
+
+def _require_finite(loss: float, epoch: int, out: str | Path) -> None:
+    """A NaN or infinite training loss stops the run (`_diverged`)."""
+    try:
+        require_finite(loss, "training losses")
+    except UserError as err:
+        raise _diverged(epoch, str(err), out) from None
+
+
+def _diverged(epoch: int, problem: str, out: str | Path) -> UserError:
+    """One line saying that training diverged and what `out` holds: its last good checkpoint, or nothing."""
+    kept = f"{out} keeps the last good checkpoint" if Path(out).exists() else f"nothing was written to {out}"
+    return UserError(f"training diverged at epoch {epoch}: {problem}; {kept} (try a lower --lr)")
+
+
+def _check_out(out: str | Path, overwrite: bool, resume: str | Path | None) -> None:
+    """The one overwrite policy; resuming from `out` itself is allowed (it replaces its own checkpoint)."""
+    if resume is None or Path(resume).resolve() != Path(out).resolve():
+        check_output(out, overwrite, "model directory")
 
 
 def _start(seqs: Sequences, config: TrainConfig, device: str,
@@ -141,15 +193,23 @@ def _start(seqs: Sequences, config: TrainConfig, device: str,
         if resumed.item_ids != seqs.item_ids:
             raise UserError(f"{resume} was trained on other items than --data has; cannot resume")
         model = resumed.model.train()
-        saved = json.loads((Path(resume) / STATE_FILE).read_text(encoding="utf-8"))
-        state = saved["state"]
-        for name in ARCHITECTURE:  # the architecture is the checkpoint's
-            setattr(config, name, saved["config"][name])
+        state = read_training_state(resume)["state"]
+        for name, value in model.architecture.items():  # the architecture is the checkpoint's
+            setattr(config, name, value)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98),
                                   weight_decay=config.weight_decay, fused=True)
     if resume is not None:
-        optimizer.load_state_dict(torch.load(Path(resume) / OPTIMIZER_FILE, map_location=device, weights_only=True))
+        _load_optimizer(optimizer, Path(resume) / OPTIMIZER_FILE, device)
     return model, optimizer, state
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path, device: str) -> None:
+    """Restore optimizer state (tensors only: `weights_only`); a missing or broken file is a UserError."""
+    try:
+        optimizer.load_state_dict(torch.load(regular_file(path, "optimizer state"), map_location=device,
+                                             weights_only=True))
+    except (RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as err:
+        raise UserError(f"{path} is not a valid optimizer state: {str(err).strip().splitlines()[0][:200]}") from None
 
 
 def _batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -188,13 +248,16 @@ def _train_epoch(net: torch.nn.Module, model: SASRec, optimizer: torch.optim.Opt
         seen += len(rows)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{total.item() / step:.4f}", seq_s=f"{seen / (time.perf_counter() - start):.0f}")
+    if world > 1:  # every rank sees the same mean, so a diverged run stops on all of them at once
+        dist.all_reduce(total)
+        total /= world
     return total.item() / max(len(batches), 1), time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def save_checkpoint(out: str | Path, recommender: Recommender, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any], config: TrainConfig) -> None:
     """Write model, id map, optimizer and training state into `out`, atomically."""
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "model", overwrite=True) as tmp:  # the run's own earlier checkpoint
         recommender.save_pretrained(tmp)
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         (tmp / STATE_FILE).write_text(json.dumps({"config": asdict(config), "state": state}, indent=2), encoding="utf-8")
@@ -213,14 +276,14 @@ def _summary(out: str | Path, seqs: Sequences, state: dict[str, Any], device: st
 
 
 def train_from_path(data: str | Path, out: str | Path, fmt: str = "auto", resume: str | Path | None = None,
-                    **options: Any) -> dict[str, Any]:
+                    overwrite: bool = False, **options: Any) -> dict[str, Any]:
     """Read a dataset (path or fetched name), then `train_sasrec`; `options` are TrainConfig fields.
 
-    Refuses to overwrite an existing `out` unless resuming from it."""
+    Refuses, before reading anything, to replace an existing `out` unless `overwrite` (and it is a
+    directory ragcli wrote) or resuming from it; holds `out`'s lock for the whole run."""
     config = TrainConfig(**{k: v for k, v in options.items() if v is not None})
     config.validate()
-    out = Path(out)
-    if out.exists() and (resume is None or Path(resume).resolve() != out.resolve()):
-        raise UserError(f"{out} exists; choose another --out (or --resume {out})")
-    seqs = load_sequences(data, fmt, k=config.k_core, min_len=config.min_len)
-    return train_sasrec(seqs, out, config, resume)
+    _check_out(out, overwrite, resume)
+    with output_lock(out):
+        seqs = load_sequences(data, fmt, k=config.k_core, min_len=config.min_len)
+        return train_sasrec(seqs, out, config, resume, overwrite)

@@ -19,6 +19,8 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from indexes.errors import UserError
+from indexes.files import read_json
+from retrieval.checks import MAX_EMBEDDING_PARAMETERS, MAX_VOCAB, fraction, integer
 from retrieval.coliee import Article
 from retrieval.sparsemax import sparsemax
 from retrieval.training import Features
@@ -37,10 +39,14 @@ class Vocab:
     """Word <-> id map; id 0 pads, id 1 is every unknown word. Saved as a JSON list of words."""
 
     def __init__(self, tokens: Sequence[str]) -> None:
+        if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
+            raise UserError("a vocabulary must be a list of words")
         if list(tokens[:2]) != [PAD, UNK]:
             raise UserError(f"a vocabulary must start with {PAD!r}, {UNK!r}")
         self.tokens = list(tokens)
         self.index = {t: i for i, t in enumerate(self.tokens)}
+        if len(self.index) != len(self.tokens):
+            raise UserError("a vocabulary must not list a word twice")
 
     @classmethod
     def build(cls, texts: Iterable[str], min_count: int = 1) -> Vocab:
@@ -58,9 +64,12 @@ class Vocab:
 
     @classmethod
     def load(cls, path: Path) -> Vocab:
-        if not path.is_file():
-            raise UserError(f"{path}: no vocabulary file")
-        return cls(json.loads(path.read_text(encoding="utf-8")))
+        """The vocabulary saved at `path`; a missing or malformed file is a UserError naming it."""
+        tokens = read_json(path, "vocabulary")
+        try:
+            return cls(tokens)
+        except UserError as err:
+            raise UserError(f"{path}: {err}") from None
 
 
 class TokenFeaturizer:
@@ -95,7 +104,17 @@ class AttentiveCNN(nn.Module, PyTorchModelHubMixin):
 
     def __init__(self, vocab_size: int, embed_dim: int = 100, filters: int = 128, kernel: int = 3,
                  attention_dim: int = 64, dropout: float = 0.1, max_sentences: int = 16, max_words: int = 64) -> None:
+        """Settings are validated: they come from a checkpoint's config.json, which may be anything."""
         super().__init__()
+        vocab_size, embed_dim = integer("vocab_size", vocab_size, 2, MAX_VOCAB), integer("embed_dim", embed_dim)
+        filters, attention_dim = integer("filters", filters), integer("attention_dim", attention_dim)
+        kernel, dropout = integer("kernel", kernel, 1, 31), fraction("dropout", dropout)
+        if kernel % 2 == 0:
+            raise UserError(f"kernel must be odd (the convolution keeps the sentence length), got {kernel}")
+        if vocab_size * embed_dim > MAX_EMBEDDING_PARAMETERS:
+            raise UserError(f"vocab_size x embed_dim = {vocab_size * embed_dim} word-embedding weights is too many "
+                            f"(at most {MAX_EMBEDDING_PARAMETERS})")
+        max_sentences, max_words = integer("max_sentences", max_sentences), integer("max_words", max_words)
         self.max_sentences, self.max_words = max_sentences, max_words
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.conv = nn.Conv1d(embed_dim, filters, kernel, padding=kernel // 2)

@@ -8,6 +8,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from indexes.metrics import require_finite
+
 
 @runtime_checkable
 class Retriever(Protocol):
@@ -19,6 +21,14 @@ class Retriever(Protocol):
     def scores(self, queries: Sequence[str]) -> np.ndarray:
         """(n_queries, n_articles) float scores."""
         ...
+
+
+def checked_scores(retriever: Retriever, queries: Sequence[str]) -> np.ndarray:
+    """`retriever.scores(queries)`, refusing NaN or infinity: every comparison with NaN is false, so a
+    broken model's scores would rank and select arbitrarily and could even look perfect."""
+    scores = retriever.scores(queries)
+    require_finite(scores, f"{retriever.name} scores")
+    return scores
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -4,7 +4,9 @@ The civil code text is line based: `Part/Chapter/Section/Subsection/Division` he
 caption line in parentheses, then `Article N  text` (N may carry branch numbers, `398-2`) followed by
 paragraph lines `(2) ...` and item lines `(i) ...`. Deleted articles (`Article 208  Deleted`,
 `Articles 38 to 84  Deleted`) have no text and are skipped: they are not retrievable.
-A query is a riteval `<pair>`: `<t2>` is the question, the `Article N` lines of `<t1>` its gold articles.
+A query is a riteval `<pair>` under the `<dataset>` root: `<t2>` is the question, the `Article N` lines
+of `<t1>` its gold articles. Every reader refuses what it cannot use (a binary or non-UTF-8 file, a FIFO,
+a file without articles or questions) with one UserError naming the file.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from indexes.errors import UserError
+from indexes.files import regular_file
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "coliee-sample"
 HEADING_LEVELS = ("Part", "Chapter", "Section", "Subsection", "Division")
@@ -152,7 +155,8 @@ def _article(article_id: str, caption: str, headings: tuple[str, ...], body: lis
 
 # ---- queries ------------------------------------------------------------------------------------
 def read_query_file(path: str | Path, year: str | None = None) -> list[Query]:
-    """Parse one riteval XML file; `year` defaults to the one in its name (riteval_R03_en.xml)."""
+    """Parse one riteval XML file; `year` defaults to the one in its name (riteval_R03_en.xml).
+    A file without questions is an error: a year to test or tune on must have some."""
     path = Path(path)
     year = year or _year_of(path)
     try:
@@ -161,14 +165,26 @@ def read_query_file(path: str | Path, year: str | None = None) -> list[Query]:
         line, column = err.position
         reason = str(err).split(":")[0]
         raise UserError(f"{path}:{line}: malformed XML ({reason}, column {column})") from None
-    queries = []
-    for pair in root.iter("pair"):
-        qid = pair.get("id")
-        text = " ".join((pair.findtext("t2") or "").split())
-        if not qid or not text:
-            raise UserError(f"{path}: a <pair> lacks an id or a <t2> question")
-        queries.append(Query(qid, text, gold_articles(pair.findtext("t1") or ""), year))
+    if root.tag != "dataset":
+        raise UserError(f"{path}: root element is <{root.tag}>, expected <dataset> (a riteval query file)")
+    queries = [_query(path, pair, year) for pair in root.iter("pair")]
+    if not queries:
+        raise UserError(f"{path}: no <pair> questions in it")
+    ids = [q.id for q in queries]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{path}: question {next(i for i in ids if ids.count(i) > 1)} appears twice")
     return queries
+
+
+def _query(path: Path, pair: ET.Element, year: str) -> Query:
+    """One `<pair>`: its id, its `<t2>` question (whitespace collapsed) and the gold articles of `<t1>`."""
+    qid = (pair.get("id") or "").strip()
+    text = " ".join((pair.findtext("t2") or "").split())
+    if not qid:
+        raise UserError(f"{path}: a <pair> has no id")
+    if not text:
+        raise UserError(f"{path}: <pair id={qid!r}> has no <t2> question text")
+    return Query(qid, text, gold_articles(pair.findtext("t1") or ""), year)
 
 
 def gold_articles(t1: str) -> tuple[str, ...]:
@@ -185,15 +201,22 @@ def read_queries(data_dir: str | Path, years: Sequence[str]) -> list[Query]:
 
 
 def find_query_files(data_dir: Path) -> dict[str, Path]:
-    """Year -> riteval_<year>_en.xml anywhere under `data_dir` (e.g. in train/ or test/)."""
-    return {_year_of(p): p for p in sorted(data_dir.rglob("riteval_*_en.xml"))}
+    """Year -> riteval_<year>_en.xml anywhere under `data_dir` (e.g. in train/ or test/); two files
+    of one year are an error (which one would count is a guess)."""
+    files: dict[str, Path] = {}
+    for path in sorted(data_dir.rglob("riteval_*_en.xml")):
+        year = _year_of(path)
+        if year in files:
+            raise UserError(f"{data_dir}: two query files for {year}: {files[year]} and {path}")
+        files[year] = path
+    return files
 
 
 def load_coliee(data_dir: str | Path | None = None) -> Coliee:
     """Open a COLIEE folder (default: the bundled sample): its civil_code_en*.txt and riteval files."""
-    data_dir = Path(data_dir) if data_dir is not None else SAMPLE_DIR
+    data_dir = Path(data_dir).expanduser() if data_dir is not None else SAMPLE_DIR
     if not data_dir.is_dir():
-        raise UserError(f"no COLIEE data folder at {data_dir}")
+        raise UserError(f"no COLIEE data folder at {data_dir}" + (" (it is a file)" if data_dir.exists() else ""))
     codes = sorted(data_dir.rglob("civil_code_en*.txt"))
     if len(codes) != 1:
         found = ", ".join(p.name for p in codes) or "none"
@@ -205,24 +228,35 @@ def load_coliee(data_dir: str | Path | None = None) -> Coliee:
 def parse_years(spec: str) -> list[str]:
     """'H18..R01' -> ['H18', ..., 'H30', 'R01']; 'R02,R03' -> ['R02', 'R03']; 'R03' -> ['R03'].
 
-    Years are Japanese eras: Heisei H18..H30, then Reiwa R01, R02, ..."""
+    Years are Japanese eras: Heisei H18..H30, then Reiwa R01, R02, ... An empty spec or part is an error."""
+    if not spec.strip():
+        raise UserError("no years given: use e.g. R03, H30..R01 or R02,R03")
     years: list[str] = []
     for part in (p.strip() for p in spec.split(",")):
-        first, sep, last = part.partition("..")
-        start, end = _year_key(first.strip(), spec), _year_key((last if sep else first).strip(), spec)
+        bounds = part.split("..")
+        if len(bounds) > 2:
+            raise UserError(f"bad year range {part!r} in {spec!r}: use FIRST..LAST, e.g. H30..R02")
+        start, end = _year_key(bounds[0].strip(), spec), _year_key(bounds[-1].strip(), spec)
         if start > end:
             raise UserError(f"year range {part!r} runs backwards")
         years += [_year_name(*k) for k in _year_span(start, end)]
-    if not years:
-        raise UserError("no years given")
     return list(dict.fromkeys(years))
 
 
 def _year_key(year: str, spec: str | None = None) -> tuple[int, int]:
-    match = _YEAR.match(year)
-    if not match or (match.group(1) == "H" and not 1 <= int(match.group(2)) <= _LAST_HEISEI):
+    key = _era_year(year)
+    if key is None:
         raise UserError(f"bad year {year!r} in {spec or year!r}: use Heisei H18..H30 or Reiwa R01, R02, ...")
-    return (0 if match.group(1) == "H" else 1, int(match.group(2)))
+    return key
+
+
+def _era_year(year: str) -> tuple[int, int] | None:
+    """(era, number) of 'H30' (era 0) or 'R01' (era 1); None when `year` is not such a year."""
+    match = _YEAR.match(year)
+    if not match:
+        return None
+    era, number = (0 if match.group(1) == "H" else 1), int(match.group(2))
+    return (era, number) if 1 <= number <= (_LAST_HEISEI if era == 0 else 99) else None
 
 
 def _year_name(era: int, number: int) -> str:
@@ -236,17 +270,22 @@ def _year_span(start: tuple[int, int], end: tuple[int, int]) -> list[tuple[int, 
 
 
 def _year_of(path: Path) -> str:
-    match = re.match(r"riteval_([A-Z]\d+)", path.name)
-    if not match:
-        raise UserError(f"{path}: cannot tell the year from the file name (expected riteval_<year>_en.xml)")
-    return match.group(1)
+    """The year in a riteval file name, in the form `parse_years` gives (riteval_R1_en.xml -> R01)."""
+    match = re.match(r"riteval_([A-Z]\d+)_", path.name)
+    key = _era_year(match.group(1)) if match else None
+    if key is None:
+        raise UserError(f"{path}: cannot tell the year from the file name (expected riteval_<year>_en.xml, "
+                        "year H18..H30 or R01, R02, ...)")
+    return _year_name(*key)
 
 
 def _read_text(path: Path) -> str:
-    """UTF-8 text with an optional BOM removed; a missing or undecodable file is a UserError."""
+    """UTF-8 text with an optional BOM removed, from a regular file only (a FIFO would hang); a
+    missing, binary or undecodable file is a UserError naming it."""
+    data = regular_file(path, "COLIEE file").read_bytes()
+    if b"\x00" in data:
+        raise UserError(f"{path}: a binary file, not text")
     try:
-        return path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text (byte {err.start})") from None

@@ -6,16 +6,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from indexes.errors import UserError
 from retrieval.text_encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
 
 
 def encode_texts(texts: Sequence[str], encoder: str | None = None, device: str = "cpu", batch_size: int = 32) -> np.ndarray:
     """Unit-norm float32 embeddings of `texts` with the sentence-transformers model `encoder`."""
-    try:
-        model = load_text_encoder(encoder or DEFAULT_TEXT_ENCODER, device)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load sentence encoder {encoder!r}: {str(err).splitlines()[0]}") from None
+    model = load_text_encoder(encoder or DEFAULT_TEXT_ENCODER, device)
     vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
                            convert_to_numpy=True, show_progress_bar=False)
     return np.asarray(vectors, dtype=np.float32)

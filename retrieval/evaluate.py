@@ -10,9 +10,12 @@ from typing import Any
 import numpy as np
 
 from indexes.errors import UserError
+from indexes.files import atomic_write_text
+from indexes.index import Hit
 from indexes.metrics import average_precision, hit_matrix, recall_at_k, set_precision_recall_fbeta
-from indexes.runtime import atomic_write_text, resolve_device
-from retrieval.base import Retriever, ranked_ids
+from indexes.runs import trec_lines, write_qrels
+from indexes.runtime import resolve_device
+from retrieval.base import Retriever, checked_scores, ranked_ids
 from retrieval.bm25 import BM25Retriever
 from retrieval.coliee import Article, Query, load_coliee
 from retrieval.dense import DenseRetriever
@@ -39,8 +42,18 @@ def run_lines(queries: Sequence[Query], scores: np.ndarray, article_ids: Sequenc
               selected: Sequence[Sequence[str]], run_id: str) -> list[str]:
     """COLIEE/TREC submission lines `QID Q0 ARTICLE RANK SCORE RUNID` for each selected article."""
     column = {article_id: j for j, article_id in enumerate(article_ids)}
-    return [f"{q.id} Q0 {a} {rank} {scores[i, column[a]]:.6f} {run_id}"
-            for i, (q, chosen) in enumerate(zip(queries, selected)) for rank, a in enumerate(chosen, 1)]
+    hits = [[Hit(a, float(scores[i, column[a]])) for a in chosen] for i, chosen in enumerate(selected)]
+    return trec_lines([q.id for q in queries], hits, run_id)
+
+
+def write_coliee_qrels(data_dir: Path | None, years: Sequence[str], out: Path, topics: Path | None = None) -> dict[str, Any]:
+    """The gold articles of `years` as a TREC qrels file (and the questions as a `qid<TAB>text` topics
+    file), so any tool can score ragcli's runs and ragcli can score theirs."""
+    queries = load_coliee(data_dir).queries(years)
+    lines = write_qrels(out, [(q.id, a, 1) for q in queries for a in q.gold])
+    if topics is not None:
+        atomic_write_text(topics, "".join(f"{q.id}\t{' '.join(q.text.split())}\n" for q in queries))
+    return {"qrels": str(out), "judgements": lines, "queries": len(queries), **({"topics": str(topics)} if topics else {})}
 
 
 def make_retriever(model: str, articles: Sequence[Article], encoder: str | None = None,
@@ -76,10 +89,21 @@ def tune_on(retriever: Retriever, queries: Sequence[Query]) -> float:
     texts, gold = [q.text for q in queries], [q.gold for q in queries]
     ids = retriever.article_ids
     if not isinstance(retriever, HybridRetriever):
-        return tune_ratio(retriever.scores(texts), ids, gold)[0]
+        return tune_ratio(checked_scores(retriever, texts), ids, gold)[0]
     matrices = retriever.matrices(texts)
     retriever.weights, _ = tune_weights(matrices, lambda fused: tune_ratio(fused, ids, gold)[1])
     return tune_ratio(fuse(matrices, retriever.weights), ids, gold)[0]
+
+
+def _check_run_target(run: Path, run_id: str | None) -> None:
+    """Before any work: the run file's folder exists, it is not a FIFO, device or folder, and the run
+    id is one word (a column of the file)."""
+    if not run.parent.is_dir():
+        raise UserError(f"cannot write the run file {run}: no folder {run.parent}")
+    if run.exists() and not run.is_file():
+        raise UserError(f"{run} is not a regular file; refusing to write the run file over it")
+    if run_id is not None and (not run_id or any(c.isspace() for c in run_id)):
+        raise UserError(f"--run-id must be one word without spaces, got {run_id!r}")
 
 
 def evaluate_coliee(data_dir: Path | None, years: Sequence[str], model: str = "hybrid",
@@ -87,14 +111,14 @@ def evaluate_coliee(data_dir: Path | None, years: Sequence[str], model: str = "h
                     device: str = "auto", run: Path | None = None, run_id: str | None = None) -> dict[str, Any]:
     """Score the queries of `years`, tuning on `valid_years` if given (else the 0.9 ratio and equal
     weights); optionally write the run file. Returns the settings and the metrics."""
-    if run is not None and not Path(run).parent.is_dir():
-        raise UserError(f"cannot write the run file {run}: no folder {Path(run).parent}")
+    if run is not None:
+        _check_run_target(Path(run), run_id)
     data = load_coliee(data_dir)
     test = data.queries(years)
     valid = data.queries(valid_years) if valid_years else []
     retriever = make_retriever(model, data.articles, encoder, rerank, device)
     ratio = tune_on(retriever, valid) if valid else DEFAULT_RATIO
-    scores = retriever.scores([q.text for q in test])
+    scores = checked_scores(retriever, [q.text for q in test])
     selected = select(scores, retriever.article_ids, ratio)
     if run is not None:
         lines = run_lines(test, scores, retriever.article_ids, selected, run_id or retriever.name)

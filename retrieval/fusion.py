@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from indexes.errors import UserError
-from retrieval.base import Retriever
+from retrieval.base import Retriever, checked_scores
 
 
 def normalize(scores: np.ndarray) -> np.ndarray:
@@ -64,8 +64,8 @@ class HybridRetriever:
         return {r.name: float(w) for r, w in zip(self.retrievers, self.weights)}
 
     def matrices(self, queries: Sequence[str]) -> list[np.ndarray]:
-        """Each retriever's raw scores (for tuning the weights once, then fusing many times)."""
-        return [r.scores(queries) for r in self.retrievers]
+        """Each retriever's raw scores, all finite (for tuning the weights once, then fusing many times)."""
+        return [checked_scores(r, queries) for r in self.retrievers]
 
     def scores(self, queries: Sequence[str]) -> np.ndarray:
         return fuse(self.matrices(queries), self.weights)

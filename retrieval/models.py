@@ -21,9 +21,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from indexes.errors import UserError
-from indexes.runtime import atomic_dir, atomic_write_text, load_pretrained, resolve_device, seed_everything
+from indexes.files import atomic_dir, atomic_write_text, check_output, inside, read_json, regular_file
+from indexes.runtime import load_pretrained, resolve_device, seed_everything
 from retrieval.attentive_cnn import AttentiveCNN, TokenFeaturizer, Vocab
 from retrieval.bm25 import BM25Retriever
+from retrieval.checks import MAX_EPOCHS, integer
 from retrieval.coliee import Article, Query, load_coliee, parse_years
 from retrieval.dense import DenseRetriever
 from retrieval.paraformer import Paraformer, SentenceFeaturizer, article_lines, finetune_encoder
@@ -32,6 +34,7 @@ from retrieval.training import Features, Split, TrainConfig, fit, hard_negative_
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"paraformer": Paraformer, "attentive-cnn": AttentiveCNN}
 CONFIG_FILE, VOCAB_FILE, ENCODER_DIR, TRAINING_FILE = "config.json", "vocab.json", "encoder", "training.json"
+WEIGHTS_FILE = "model.safetensors"
 
 
 class NeuralRetriever:
@@ -78,30 +81,53 @@ class ParaformerRetriever(NeuralRetriever):
 def load_retriever(model_dir: str | Path, articles: Sequence[Article], device: str = "auto",
                    features_file: Path | None = None) -> NeuralRetriever:
     """The retriever saved in `model_dir` (architecture read from its config.json) over `articles`,
-    with their features from `features_file` (written by `save_features`) when given."""
+    with their features from `features_file` (written by `save_features`) when given. Everything is
+    checked (config types and ranges, every tensor, the vocabulary or encoder folder): a broken
+    directory is one UserError, never a model with random weights."""
     model_dir = Path(model_dir)
-    config_file = model_dir / CONFIG_FILE
-    if not config_file.is_file():
+    if not (model_dir / CONFIG_FILE).exists():
         raise UserError(f"{model_dir}: not a trained model directory (no {CONFIG_FILE})")
-    try:
-        architecture = json.loads(config_file.read_text(encoding="utf-8")).get("architecture")
-    except ValueError as err:
-        raise UserError(f"{config_file}: unreadable ({err})") from None
-    if architecture not in ARCHITECTURES:
-        raise UserError(f"{config_file}: unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    config = read_json(model_dir / CONFIG_FILE, "model config")
+    architecture = config.get("architecture") if isinstance(config, dict) else None
+    if not isinstance(architecture, str) or architecture not in ARCHITECTURES:
+        raise UserError(f"{model_dir / CONFIG_FILE}: unknown architecture {architecture!r}; "
+                        f"known: {', '.join(ARCHITECTURES)}")
+    regular_file(model_dir / WEIGHTS_FILE, "model weights")  # never fall back to a pickled checkpoint
     device = resolve_device(device)
     model = load_pretrained(ARCHITECTURES[architecture], model_dir, map_location=device).to(device)
-    features = None
-    if features_file is not None:
-        stored = load_file(str(features_file))
-        features = Features(tuple(stored[str(i)] for i in range(len(stored))))
+    features = _read_features(features_file) if features_file is not None else None
     return _retriever(model, _featurizer(model, model_dir, device), articles, features)
 
 
+def _read_features(path: Path) -> Features:
+    """Article features saved by `save_features`: tensors "0", "1", ... with one row per article."""
+    from safetensors import SafetensorError
+
+    try:
+        stored = load_file(str(regular_file(path, "article features")))
+        tensors = tuple(stored[str(i)] for i in range(len(stored)))
+    except (SafetensorError, KeyError, OSError) as err:
+        raise UserError(f"{path}: unreadable article features ({type(err).__name__})") from None
+    if not tensors or len({len(t) for t in tensors}) != 1:
+        raise UserError(f"{path}: article features must be tensors with one row per article")
+    return Features(tensors)
+
+
 def _featurizer(model: nn.Module, model_dir: Path, device: str) -> Any:
+    """The featurizer a model was trained with: its sentence encoder (the fine-tuned copy in encoder/)
+    or its vocabulary, which must have exactly the model's number of word embeddings."""
     if isinstance(model, Paraformer):
-        return SentenceFeaturizer(model_dir / ENCODER_DIR if model.finetuned_encoder else model.encoder, device)
-    return TokenFeaturizer(Vocab.load(model_dir / VOCAB_FILE), model.max_sentences, model.max_words)
+        if not model.finetuned_encoder:
+            return SentenceFeaturizer(model.encoder, device)
+        encoder = inside(model_dir, ENCODER_DIR, "fine-tuned encoder folder")
+        if not encoder.is_dir():
+            raise UserError(f"{model_dir}: the fine-tuned encoder folder {ENCODER_DIR}/ is missing")
+        return SentenceFeaturizer(encoder, device)
+    vocab = Vocab.load(model_dir / VOCAB_FILE)
+    if len(vocab) != model.embed.num_embeddings:
+        raise UserError(f"{model_dir / VOCAB_FILE}: {len(vocab)} words, but the model has "
+                        f"{model.embed.num_embeddings} word embeddings")
+    return TokenFeaturizer(vocab, model.max_sentences, model.max_words)
 
 
 def _retriever(model: nn.Module, featurizer: Any, articles: Sequence[Article],
@@ -111,17 +137,21 @@ def _retriever(model: nn.Module, featurizer: Any, articles: Sequence[Article],
 
 
 def train_model(architecture: str, data_dir: str | Path | None, train_years: str, valid_years: str,
-                out: str | Path, config: TrainConfig, **model_options: Any) -> dict[str, Any]:
-    """Read a COLIEE folder, train `architecture` on `train_years`, early-stop on `valid_years`, save to `out`."""
+                out: str | Path, config: TrainConfig, overwrite: bool = False, **model_options: Any) -> dict[str, Any]:
+    """Read a COLIEE folder, train `architecture` on `train_years`, early-stop on `valid_years`, save to `out`
+    (replacing a model ragcli wrote there only with `overwrite`)."""
+    check_output(out, overwrite, "model directory")
+    train_years, valid_years = parse_years(train_years), parse_years(valid_years)
     data = load_coliee(data_dir)
-    train_queries = data.queries(parse_years(train_years))
-    valid_queries = data.queries(parse_years(valid_years))
-    return train(architecture, data.articles, train_queries, valid_queries, out, config, **model_options)
+    train_queries, valid_queries = data.queries(train_years), data.queries(valid_years)
+    return train(architecture, data.articles, train_queries, valid_queries, out, config, overwrite=overwrite,
+                 **model_options)
 
 
 def train(architecture: str, articles: Sequence[Article], train_queries: Sequence[Query],
           valid_queries: Sequence[Query], out: str | Path, config: TrainConfig,
-          mining_encoder: str | None = None, finetune_epochs: int = 0, **model_options: Any) -> dict[str, Any]:
+          mining_encoder: str | None = None, finetune_epochs: int = 0, overwrite: bool = False,
+          **model_options: Any) -> dict[str, Any]:
     """Train one model and save it atomically to `out`; returns a summary (also saved as training.json).
 
     `mining_encoder` is the sentence encoder of the dense hard-negative miner (default: the Paraformer's
@@ -129,6 +159,7 @@ def train(architecture: str, articles: Sequence[Article], train_queries: Sequenc
     """
     if architecture not in ARCHITECTURES:
         raise UserError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    integer("finetune_epochs", finetune_epochs, 0, MAX_EPOCHS)
     if finetune_epochs and architecture != "paraformer":
         raise UserError("only Paraformer has a sentence encoder to fine-tune")
     seed_everything(config.seed)
@@ -139,7 +170,7 @@ def train(architecture: str, articles: Sequence[Article], train_queries: Sequenc
     train_queries = [q for q, g in zip(train_queries, train_gold) if g]
     valid_queries = [q for q, g in zip(valid_queries, valid_gold) if g]
     train_gold, valid_gold = [g for g in train_gold if g], [g for g in valid_gold if g]
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "model", overwrite) as tmp:
         model, featurizer = _new_model(architecture, articles, train_queries, tmp, device,
                                        finetune_epochs, config.seed, model_options)
         miners = _miners(articles, mining_encoder or getattr(model, "encoder", DEFAULT_TEXT_ENCODER), device)

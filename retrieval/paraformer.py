@@ -21,11 +21,13 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.nn import functional as F
 
+from indexes.errors import UserError
 from indexes.runtime import progress
+from retrieval.checks import fraction, integer
 from retrieval.coliee import Article
 from retrieval.sparsemax import sparsemax
-from retrieval.text_encoder import load_text_encoder
-from retrieval.training import Features
+from retrieval.text_encoder import load_text_encoder, open_text_encoder
+from retrieval.training import Features, stop_if_diverged
 
 
 class Paraformer(nn.Module, PyTorchModelHubMixin):
@@ -35,7 +37,13 @@ class Paraformer(nn.Module, PyTorchModelHubMixin):
 
     def __init__(self, dim: int = 384, hidden: int = 256, dropout: float = 0.1,
                  encoder: str = "all-MiniLM-L6-v2", finetuned_encoder: bool = False) -> None:
+        """Settings are validated: they come from a checkpoint's config.json, which may be anything."""
         super().__init__()
+        dim, hidden, dropout = integer("dim", dim), integer("hidden", hidden), fraction("dropout", dropout)
+        if not isinstance(encoder, str) or not encoder.strip():
+            raise UserError(f"encoder must be a sentence encoder name or path, got {encoder!r}")
+        if not isinstance(finetuned_encoder, bool):
+            raise UserError(f"finetuned_encoder must be true or false, got {finetuned_encoder!r}")
         self.encoder, self.finetuned_encoder = encoder, finetuned_encoder
         self.query_proj = nn.Linear(dim, hidden)
         self.key_proj = nn.Linear(dim, hidden)
@@ -99,11 +107,7 @@ def finetune_encoder(encoder: str | Path, pairs: Sequence[tuple[str, str]], out:
 
     Contrastive (MultipleNegativesRanking-style) loss with scale 20 on cosine similarities.
     """
-    from sentence_transformers import SentenceTransformer
-
-    from retrieval.text_encoder import text_encoder_path
-
-    model = SentenceTransformer(text_encoder_path(str(encoder)), device=device)
+    model = open_text_encoder(str(encoder), device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     model.train()
@@ -114,6 +118,7 @@ def finetune_encoder(encoder: str | Path, pairs: Sequence[tuple[str, str]], out:
             q, d = (F.normalize(_embed(model, texts), dim=-1) for texts in (queries, docs))
             labels = _same_doc_labels(docs)
             loss = -(F.log_softmax(20.0 * q @ d.T, dim=1) * labels).sum(1).mean()
+            stop_if_diverged(loss.detach(), "the encoder's loss", epoch + 1, lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,9 +1,8 @@
-"""`ragcli index build --corpus coliee` / `ragcli index query`: articles as dense vectors in FAISS with
-their payload in DuckDB, and a BM25 index saved inside the same directory; queries fuse both.
+"""The statutes family: `index build --corpus coliee` puts the articles' dense vectors in FAISS with
+their payload in DuckDB, and a BM25 index beside them in the same directory; its engine fuses both
+(and a trained Paraformer / Attentive CNN, with `--model DIR`) through `HybridRetriever`.
 
-With `--model DIR` (a trained Paraformer or Attentive CNN) the index also holds a copy of the model,
-the articles and their model features, and queries fuse its scores too; a Paraformer index explains
-each hit with the article sentence the question attended to most.
+A Paraformer index explains each hit with the article sentence the question attended to most.
 """
 
 from __future__ import annotations
@@ -11,49 +10,52 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from indexes import BuildRequest, Hit, QueryRequest, UserError, VectorIndex
+from indexes import BuildRequest, Hit, UserError, VectorIndex
+from indexes.engine import Engine, Query
+from indexes.files import inside, read_json
+from indexes.registry import Family, register_family
 from indexes.runtime import resolve_device
-from retrieval.base import top_k
+from retrieval.base import checked_scores, top_k
 from retrieval.bm25 import BM25Retriever
 from retrieval.coliee import Article, load_coliee
 from retrieval.dense import encode_texts
-from retrieval.fusion import fuse
+from retrieval.fusion import HybridRetriever
 from retrieval.models import NeuralRetriever, ParaformerRetriever, load_retriever
 from retrieval.text_encoder import DEFAULT_TEXT_ENCODER
 
 BM25_DIR, MODEL_DIR, ARTICLES_FILE, FEATURES_FILE = "bm25", "model", "articles.json", "article_features.safetensors"
-# Fusion weights tuned on COLIEE R02 for F2 (bench/coliee_bench.py), without and with a trained model.
-DEFAULT_WEIGHTS = {"bm25": 0.6, "dense": 0.4}
-MODEL_WEIGHTS = {"paraformer": {"bm25": 0.6, "dense": 0.3, "paraformer": 0.1},
-                 "attentive-cnn": {"bm25": 0.35, "dense": 0.35, "attentive-cnn": 0.3}}
 
 
 def build_index(request: BuildRequest, out: Path) -> VectorIndex:
     """Read the COLIEE folder (default: the bundled sample), embed every article, save the index at `out`
-    (with the trained model in `request.model`, its article features computed here, once)."""
+    (with the trained model in `request.model`, its article features computed here, once). The fusion
+    weights are the hybrid's own default (equal), recorded in the manifest."""
     articles = load_coliee(request.data_dir).articles
     ids = [a.id for a in articles]
     texts = [a.search_text for a in articles]
     encoder = request.encoder or DEFAULT_TEXT_ENCODER
-    settings = {"family": "retrieval", "name": f"hybrid(bm25, {encoder})", "dense": encoder, "bm25": BM25_DIR,
-                "weights": DEFAULT_WEIGHTS}
+    parts = ["bm25", "dense"]
+    settings: dict[str, Any] = {"family": "retrieval", "dense": encoder, "bm25": BM25_DIR}
     extras = {BM25_DIR: BM25Retriever.build(texts, ids).save}
     if request.model is not None:
         model = load_retriever(request.model, articles, request.device)
-        settings.update(name=f"hybrid(bm25, {encoder}, {model.name})", model_dir=MODEL_DIR,
-                        weights=MODEL_WEIGHTS[model.name])
+        parts.append(model.name)
+        settings["model_dir"] = MODEL_DIR
         extras.update({MODEL_DIR: partial(shutil.copytree, request.model), FEATURES_FILE: model.save_features,
                        ARTICLES_FILE: partial(_save_articles, articles)})
+    settings.update(name=f"hybrid({', '.join(parts)})", weights={p: 1 / len(parts) for p in parts})
     vectors = encode_texts(texts, encoder, resolve_device(request.device))
     payload = [{"title": a.title, "caption": a.caption, "headings": " / ".join(a.headings), "text": a.text} for a in articles]
     index = VectorIndex.build(vectors, ids, payload, kind=request.kind, metric=request.metric or "cosine",
                               device=request.device, encoder=settings)
-    index.save(out, extras=extras)
+    index.save(out, extras=extras, overwrite=request.overwrite)
     return index
 
 
@@ -61,43 +63,86 @@ def _save_articles(articles: list[Article], path: Path) -> None:
     path.write_text(json.dumps([dataclasses.asdict(a) for a in articles], ensure_ascii=False), encoding="utf-8")
 
 
+class IndexedDense:
+    """The dense retriever over the index's own vectors: every article's cosine similarity, from FAISS."""
+
+    name = "dense"
+
+    def __init__(self, index: VectorIndex, article_ids: Sequence[str], encoder: str, device: str):
+        self.index, self.article_ids, self.encoder, self.device = index, list(article_ids), encoder, device
+        self._column = {article_id: j for j, article_id in enumerate(self.article_ids)}
+
+    def scores(self, queries: Sequence[str]) -> np.ndarray:
+        found_scores, found_ids = self.index.search_ids(encode_texts(queries, self.encoder, self.device),
+                                                        k=self.index.ntotal)
+        dense = np.zeros((len(queries), len(self.article_ids)), dtype=np.float32)  # approximate kinds may miss some
+        for row, (ids, scores) in enumerate(zip(found_ids.tolist(), found_scores.tolist())):
+            columns = [(self._column[i], s) for i, s in zip(ids, scores) if i in self._column]
+            dense[row, [j for j, _ in columns]] = [s for _, s in columns]
+        return dense
+
+
+class StatuteEngine(Engine):
+    """Answers questions with the fused BM25 + dense (+ trained model) scores of every article."""
+
+    family, field = "retrieval", "text"
+
+    def __init__(self, index: VectorIndex, device: str = "auto"):
+        super().__init__(index)
+        settings = index.encoder
+        if index.path is None or not inside(index.path, settings.get("bm25", BM25_DIR), "bm25").is_dir():
+            raise UserError(f"index {index.path} has no BM25 index beside its vectors; rebuild it")
+        device = resolve_device(device)
+        bm25 = BM25Retriever.load(inside(index.path, settings.get("bm25", BM25_DIR), "bm25"))
+        retrievers: list[Any] = [bm25, IndexedDense(index, bm25.article_ids, settings.get("dense"), device)]
+        self.model = _load_model(index, device) if "model_dir" in settings else None
+        if self.model is not None:
+            if self.model.article_ids != bm25.article_ids:
+                raise UserError(f"index {index.path}: its model scores other articles than its BM25 index; rebuild it")
+            retrievers.append(self.model)
+        weights = settings.get("weights", {})
+        if not isinstance(weights, dict) or set(weights) != {r.name for r in retrievers}:
+            raise UserError(f"index {index.path}: its manifest has no weight for each fused retriever; rebuild it")
+        self.hybrid = HybridRetriever(retrievers, [weights[r.name] for r in retrievers])
+
+    def search(self, queries: list[Query], k: int, where: Any, exclude: Sequence[Sequence[Any]] | None) -> list[list[Hit]]:
+        texts = [q.text for q in queries]
+        if any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise UserError("the query text is empty")
+        fused = checked_scores(self.hybrid, texts).astype(np.float64)
+        ids = self.hybrid.article_ids
+        if where is not None:
+            allowed = set(self.index.ids_of(self.index.rows_where(where)).tolist())
+            fused[:, [j for j, i in enumerate(ids) if i not in allowed]] = -np.inf
+        for row, excluded in enumerate(exclude or []):
+            fused[row, [j for j, i in enumerate(ids) if i in set(map(str, excluded))]] = -np.inf
+        best = top_k(fused, k)
+        rows = self.index.rows_of([ids[j] for j in best.ravel()])
+        payload = self.index.payload_of(np.unique(rows))
+        hits = [[Hit(ids[j], float(fused[q, j]), dict(payload[r]))
+                 for j, r in zip(best[q], rows[q * best.shape[1]:(q + 1) * best.shape[1]].tolist()) if np.isfinite(fused[q, j])]
+                for q in range(len(texts))]
+        if isinstance(self.model, ParaformerRetriever):
+            for text, ranked in zip(texts, hits):
+                for hit, (weight, sentence) in zip(ranked, self.model.explain(text, [h.id for h in ranked])):
+                    hit.payload["explanation"] = f"{sentence} (attention {weight:.2f})"
+        return hits
+
+
 def _load_model(index: VectorIndex, device: str) -> NeuralRetriever:
     """The trained model stored in a coliee index, over the index's articles and their saved features."""
-    assert index.path is not None
-    records = json.loads((index.path / ARTICLES_FILE).read_text(encoding="utf-8"))
-    return load_retriever(index.path / index.encoder["model_dir"], [Article.from_dict(r) for r in records], device,
-                          features_file=index.path / FEATURES_FILE)
+    records = read_json(inside(index.path, ARTICLES_FILE), "article list")
+    if not isinstance(records, list):
+        raise UserError(f"index {index.path}: {ARTICLES_FILE} must hold a list of articles")
+    try:
+        articles = [Article.from_dict(r) for r in records]
+    except (KeyError, TypeError, AttributeError):
+        raise UserError(f"index {index.path}: {ARTICLES_FILE} holds a malformed article") from None
+    return load_retriever(inside(index.path, index.encoder["model_dir"], "model_dir"), articles, device,
+                          features_file=inside(index.path, FEATURES_FILE))
 
 
-def query_index(index: VectorIndex, request: QueryRequest) -> list[Hit]:
-    """The k best articles for `request.text`: fused dense (FAISS) and BM25 scores, with payload."""
-    if not request.text or not request.text.strip():
-        raise UserError("the query text is empty")
-    settings = index.encoder
-    if index.path is None or not (index.path / settings.get("bm25", BM25_DIR)).is_dir():
-        raise UserError(f"index {index.path} has no BM25 index beside its vectors; rebuild it")
-    bm25 = BM25Retriever.load(index.path / settings.get("bm25", BM25_DIR))
-    query = encode_texts([request.text], settings.get("dense"), resolve_device(request.device))
-    dense_scores, dense_ids = index.search_ids(query, k=index.ntotal)  # every article, to fuse with BM25
-    column = {article_id: j for j, article_id in enumerate(bm25.article_ids)}
-    found = [(column[i], s) for i, s in zip(dense_ids[0].tolist(), dense_scores[0].tolist()) if i is not None]
-    dense = np.zeros((1, len(column)), dtype=np.float32)  # approximate kinds may miss some: similarity 0
-    dense[0, [j for j, _ in found]] = [s for _, s in found]
-    weights = settings.get("weights", DEFAULT_WEIGHTS)
-    matrices, names = [bm25.scores([request.text]), dense], ["bm25", "dense"]
-    model = _load_model(index, request.device) if "model_dir" in settings else None
-    if model is not None:
-        if model.article_ids != bm25.article_ids:
-            raise UserError(f"index {index.path}: its model scores other articles than its BM25 index; rebuild it")
-        matrices.append(model.scores([request.text]))
-        names.append(model.name)
-    fused = fuse(matrices, [weights[n] for n in names])
-    best = top_k(fused, request.k)[0]
-    best_ids = [bm25.article_ids[j] for j in best]
-    rows = index.rows_of(best_ids)
-    payload = index.payload_of(rows)
-    hits = [Hit(i, float(fused[0, j]), payload[r]) for i, j, r in zip(best_ids, best, rows.tolist())]
-    if isinstance(model, ParaformerRetriever):
-        for hit, (weight, sentence) in zip(hits, model.explain(request.text, best_ids)):
-            hit.payload["explanation"] = f"{sentence} (attention {weight:.2f})"
-    return hits
+FAMILY = register_family(Family(
+    name="retrieval", corpora={"coliee": build_index}, opener=StatuteEngine,
+    build_options=frozenset({"data_dir", "encoder", "model"}),
+))

@@ -3,7 +3,8 @@
 A model maps query features (B, ...) and candidate article features (B, C, ...) to (B, C) relevance
 logits; article features with a leading 1 score every query against the same C articles. Training
 puts each gold article against hard negatives (mined from BM25 / dense rankings) and random ones
-with a softmax cross-entropy, and keeps the epoch with the best validation Recall@k.
+with a softmax cross-entropy, and keeps the epoch with the best validation Recall@k. A non-finite loss
+or validation score stops training with a UserError (the caller's output directory is then never published).
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indexes.metrics import recall_at_k
+from indexes.errors import UserError
+from indexes.metrics import recall_at_k, require_finite
 from indexes.runtime import progress, resolve_device
 from retrieval.base import top_k
+from retrieval.checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_NEGATIVES, MAX_RANK, MAX_SEED, finite, fraction, integer
 
 
 @dataclass
@@ -63,6 +67,19 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        """Refuse settings that would hang (10**20 epochs), diverge at once (lr NaN) or crash later."""
+        integer("epochs", self.epochs, 1, MAX_EPOCHS)
+        integer("patience", self.patience, 1, MAX_EPOCHS)
+        integer("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        integer("negatives", self.negatives, 1, MAX_NEGATIVES)
+        integer("pool_size", self.pool_size, 0, MAX_RANK)
+        integer("recall_k", self.recall_k, 1, MAX_RANK)
+        integer("seed", self.seed, 0, MAX_SEED)
+        finite("lr", self.lr, positive=True)
+        finite("weight_decay", self.weight_decay)
+        fraction("hard_fraction", self.hard_fraction, closed=True)
 
 
 @dataclass
@@ -145,11 +162,14 @@ def fit(model: nn.Module, articles: Features, train: Split, valid: Split, pool: 
             other_gold[:, 0] = False  # the positive stays; other gold articles are not negatives
             loss = F.cross_entropy(logits.masked_fill(other_gold.to(device), float("-inf")),
                                    torch.zeros(len(query), dtype=torch.long, device=device))
+            losses.append(loss.item())
+            stop_if_diverged(losses[-1], "the loss", epoch, config.lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
-        recall = recall_at(score_matrix(model, valid.queries, articles), valid.gold, config.recall_k)
+        scores = score_matrix(model, valid.queries, articles)
+        stop_if_diverged(scores, "validation scores", epoch, config.lr)
+        recall = recall_at(scores, valid.gold, config.recall_k)
         result.history.append({"epoch": epoch, "loss": float(np.mean(losses)), f"valid_recall@{config.recall_k}": recall})
         epochs.set_postfix(loss=f"{result.history[-1]['loss']:.3f}", recall=f"{recall:.3f}")
         if recall > result.best_recall:
@@ -163,6 +183,16 @@ def fit(model: nn.Module, articles: Features, train: Split, valid: Split, pool: 
         model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def stop_if_diverged(values: Any, what: str, epoch: int, lr: float) -> None:
+    """Stop training when `values` (a loss, validation scores) hold NaN or infinity: it diverged, and
+    going on would only save a broken model."""
+    try:
+        require_finite(values, what)
+    except UserError:
+        raise UserError(f"training diverged in epoch {epoch} ({what} not finite); nothing was saved: "
+                        f"try a learning rate below {lr:g}") from None
 
 
 def _negatives(query: torch.Tensor, pool: torch.Tensor, n_articles: int, config: TrainConfig,

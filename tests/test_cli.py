@@ -1,19 +1,17 @@
 """The CLI's own plumbing: corpus / query dispatch, --json shapes, exit codes, nothing written on failure.
 
-A throw-away family module ("fakefam") stands in for the real ones so these tests exercise only cli.py
+A throw-away family ("fakefam", registered for each test) stands in for the real ones so these tests exercise only cli.py
 and the index engine.
 """
 
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
 
-import cli
 from helpers import run
-from indexes import UserError, VectorIndex
+from indexes import Family, UserError, VectorIndex
+from indexes.engine import Engine
 
 ARTICLES = {"a1": "the cat sat", "a2": "dogs bark loudly", "a3": "a cat and a dog"}
 
@@ -26,24 +24,25 @@ def _build(request, out):
     ids = list(ARTICLES)
     idx = VectorIndex.build(np.stack([_vector(ARTICLES[i]) for i in ids]), ids,
                             [{"title": ARTICLES[i]} for i in ids], encoder={"family": "fakefam", "name": "counts"})
-    idx.save(out)
+    idx.save(out, overwrite=request.overwrite)
     return idx
 
 
-def _query(index, request):
-    if request.text == "boom":
-        raise UserError("the fake family refuses 'boom'")
-    return index.search(_vector(request.text), k=request.k)[0]
+class FakeEngine(Engine):
+    family, field = "fakefam", "text"
+
+    def search(self, queries, k, where, exclude):
+        if any(q.text == "boom" for q in queries):
+            raise UserError("the fake family refuses 'boom'")
+        return self.index.search(np.stack([_vector(q.text) for q in queries]), k=k, where=where, exclude=exclude)
 
 
 @pytest.fixture(autouse=True)
 def fake_family(monkeypatch):
-    module = types.ModuleType("fakefam")
-    module.build_index, module.query_index = _build, _query
-    monkeypatch.setitem(sys.modules, "fakefam", module)
-    monkeypatch.setitem(cli.CORPUS_BUILDERS, "fake", "fakefam:build_index")
-    monkeypatch.setitem(cli.QUERY_HANDLERS, "fakefam", "fakefam:query_index")
+    from indexes import registry
 
+    registry._families()  # the real families first, so the fake one is added beside them
+    monkeypatch.setitem(registry._FAMILIES, "fakefam", Family("fakefam", {"fake": _build}, lambda index, device: FakeEngine(index)))
 
 
 def test_version_and_help():
@@ -105,10 +104,12 @@ def test_corrupt_index_is_a_user_error(tmp_path):
 
 
 def test_failed_build_writes_nothing(tmp_path, monkeypatch):
+    from indexes import registry
+
     def failing(request, out):
         VectorIndex.build(np.ones((2, 3), np.float32)).save(out, extras={"model": lambda p: 1 / 0})
 
-    monkeypatch.setitem(sys.modules["fakefam"].__dict__, "build_index", failing)
+    monkeypatch.setitem(registry._FAMILIES, "fakefam", Family("fakefam", {"fake": failing}, FakeEngine))
     result = run("index", "build", "--corpus", "fake", "--name", "broken")
     assert result.exit_code == 1 and "internal error: ZeroDivisionError" in result.output
     home = tmp_path / "ragcli-home" / "indexes"
@@ -118,4 +119,4 @@ def test_failed_build_writes_nothing(tmp_path, monkeypatch):
 def test_unknown_family_in_manifest(tmp_path):
     VectorIndex.build(np.ones((2, 3), np.float32), encoder={"family": "martian"}).save(tmp_path / "ix")
     result = run("index", "query", str(tmp_path / "ix"), "cat")
-    assert result.exit_code == 2 and "unknown encoder family 'martian'" in result.output
+    assert result.exit_code == 2 and "unknown family 'martian'" in result.output

@@ -99,17 +99,19 @@ def test_add_and_remove_reject_bad_ids(vectors):
 
 def test_filter_on_payload_and_per_query_exclusion(vectors):
     idx = VectorIndex.build(vectors, ids_for(400), payload_for(400), kind="hnsw", device="cpu")
-    hits = idx.search(vectors[:3], k=10, where="\"group\" = 2")
+    hits = idx.search(vectors[:3], k=10, where=("group", "==", 2))
     assert all(h.payload["group"] == 2 for q in hits for h in q) and all(len(q) == 10 for q in hits)
-    nested = idx.search(vectors[:1], k=5, where="meta.even")
+    nested = idx.search(vectors[:1], k=5, where={"field": "meta.even", "op": "==", "value": True})
     assert all(h.payload["meta"]["even"] for h in nested[0])
     plain = idx.search(vectors[:2], k=5)
     seen = [[plain[0][0].id, plain[0][1].id], [plain[1][2].id]]
     excluded = idx.search(vectors[:2], k=5, exclude=seen)
     assert [h.id for h in excluded[0]] == [h.id for h in plain[0][2:]] + [excluded[0][3].id, excluded[0][4].id]
     assert seen[1][0] not in [h.id for h in excluded[1]] and len(excluded[1]) == 5
+    with pytest.raises(UserError, match="unknown filter field"):
+        idx.search(vectors[:1], k=5, where=("no_such_column", "==", 1))
     with pytest.raises(UserError, match="bad filter"):
-        idx.search(vectors[:1], k=5, where="no_such_column = 1")
+        idx.search(vectors[:1], k=5, where="\"group\" = 2")  # SQL text is not a filter
 
 
 def test_search_validates_queries(vectors):
@@ -132,10 +134,11 @@ def test_crash_mid_save_leaves_previous_index_intact(tmp_path, vectors):
         raise RuntimeError("power cut")
 
     with pytest.raises(RuntimeError, match="power cut"):
-        VectorIndex.build(vectors, ids_for(400), device="cpu").save(target, extras={"model": crash})
+        VectorIndex.build(vectors, ids_for(400), device="cpu").save(target, extras={"model": crash}, overwrite=True)
     assert json.loads((target / "manifest.json").read_text()) == original
     assert VectorIndex.load(target).ntotal == 50
-    assert [p.name for p in tmp_path.iterdir()] == ["ix"]  # no temp directories left behind
+    names = sorted(p.name for p in tmp_path.iterdir())  # no temp directories left behind
+    assert names == [target.resolve().name, "ix"]
 
     with pytest.raises(RuntimeError):
         VectorIndex.build(vectors, device="cpu").save(tmp_path / "fresh", extras={"model": crash})
@@ -161,7 +164,7 @@ def test_corrupt_files_and_format_errors(tmp_path, vectors):
     with pytest.raises(IndexFormatError, match="corrupt"):
         VectorIndex.load(path)
 
-    VectorIndex.build(vectors[:20], device="cpu").save(path)
+    VectorIndex.build(vectors[:20], device="cpu").save(path, overwrite=True)
     manifest = json.loads((path / "manifest.json").read_text())
     (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
     with pytest.raises(IndexFormatError, match="unknown index format version 99"):

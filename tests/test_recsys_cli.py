@@ -68,7 +68,7 @@ def test_data_stats(data_dir):
 @pytest.mark.parametrize("args, message", [
     (["train", "sasrec", "--data", "{tmp}/missing.txt", "--out", "{tmp}/m"], "no such file"),
     (["train", "sasrec", "--data", "{data}", "--out", "{tmp}/m", "--hidden", "30", "--heads", "4"], "divisible"),
-    (["train", "sasrec", "--data", "{data}", "--out", "{tmp}/m", "--epochs", "0"], "--epochs must be >= 1"),
+    (["train", "sasrec", "--data", "{data}", "--out", "{tmp}/m", "--epochs", "0"], "'--epochs': 0 is not in the range"),
     (["train", "sasrec", "--data", "{data}", "--out", "{tmp}/m", "--resume", "{tmp}/nothing"], "not a SASRec model"),
     (["eval", "sasrec", "--data", "{data}", "--model", "{tmp}/nothing"], "not a SASRec model"),
     (["eval", "sasrec", "--data", "{data}", "--model", "{tmp}/nothing", "--k", "a,b"], "--k takes"),

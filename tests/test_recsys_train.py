@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from indexes import BuildRequest, QueryRequest, UserError, VectorIndex
+from indexes import BuildRequest, UserError, VectorIndex
 from indexes.metrics import hit_matrix, summarize
 from recsys import Recommender
 from recsys.data import LeaveOneOut, RawData, build_sequences
 from recsys.evaluate import evaluate
-from recsys.serve import build_index, query_index
+from recsys.serve import RecommendationEngine, build_index
 from recsys.synthetic import item_table, markov_interactions, write_recbole
 from recsys.train import TrainConfig, train_sasrec
 
@@ -101,16 +101,19 @@ def test_faiss_ranking_matches_the_direct_scorer(dataset, trained, index):
     assert through_index == pytest.approx(direct, abs=1e-12)
 
 
-def test_query_index_matches_recommend_and_checks_ids(trained, index):
+def test_engine_query_matches_recommend_and_checks_ids(trained, index):
     rec = Recommender.from_pretrained(trained[0], device="cpu")
+    engine = RecommendationEngine(index, device="cpu")
     history = ["12", "13", "14"]
-    hits = query_index(index, QueryRequest(history=history, k=5, device="cpu"))
+    hits = engine.query(history, k=5)
     assert [h.id for h in hits] == [h.id for h in rec.recommend(history, k=5)]
     assert not {h.id for h in hits} & set(history)
     with pytest.raises(UserError, match="unknown item ids: nope, 999"):
-        query_index(index, QueryRequest(history=["12", "nope", "999"], k=5))
-    skipped = query_index(index, QueryRequest(history=["12", "nope"], k=5, skip_unknown=True, device="cpu"))
+        engine.query(["12", "nope", "999"], k=5)
+    skipped = engine.query(["12", "nope"], k=5, skip_unknown=True)
     assert [h.id for h in skipped] == [h.id for h in rec.recommend(["12"], k=5)]
+    batch = engine.query_batch([history, ["12"]], k=5)
+    assert [[h.id for h in q] for q in batch] == [[h.id for h in hits], [h.id for h in rec.recommend(["12"], k=5)]]
 
 
 def test_build_index_needs_a_model(dataset, tmp_path):

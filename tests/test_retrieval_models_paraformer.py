@@ -10,6 +10,7 @@ from retrieval_models_corpus import ARTICLES, QUERIES
 
 from cli import ragcli
 from indexes.errors import UserError
+from indexes.files import atomic_dir
 from retrieval.attentive_cnn import words
 from retrieval.models import load_retriever, train
 from retrieval.paraformer import Paraformer, SentenceFeaturizer, article_lines
@@ -117,7 +118,7 @@ def test_finetuned_encoder_is_saved_and_used(tiny_encoder, tmp_path):
                     encoder=tiny_encoder, finetune_epochs=1, hidden=8)
     assert summary["finetune_epochs"] == 1 and (tmp_path / "ft" / "encoder" / "modules.json").is_file()
     retriever = load_retriever(tmp_path / "ft", ARTICLES, device="cpu")
-    assert retriever.featurizer.encoder_name == str(tmp_path / "ft" / "encoder")
+    assert retriever.featurizer.encoder_name == str((tmp_path / "ft" / "encoder").resolve())
     frozen = SentenceFeaturizer(tiny_encoder).embed([ARTICLES[0].text])
     assert not torch.allclose(retriever.featurizer.embed([ARTICLES[0].text]), frozen)
 
@@ -136,12 +137,26 @@ def test_train_cli_rejects_bad_input_and_writes_nothing(tmp_path, args, message)
 
 
 def test_train_cli_refuses_to_overwrite_and_unknown_data_dir(tmp_path):
-    (tmp_path / "model").mkdir()
+    with atomic_dir(tmp_path / "model", "model"):
+        pass  # a model directory ragcli wrote
     result = CliRunner().invoke(ragcli, ["train", "attentive-cnn", "--out", str(tmp_path / "model")])
     assert result.exit_code == 2 and "--overwrite" in result.output
     result = CliRunner().invoke(ragcli, ["train", "attentive-cnn", "--out", str(tmp_path / "new"),
                                          "--data-dir", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "no COLIEE data folder" in result.output and not (tmp_path / "new").exists()
+
+
+def test_train_cli_never_replaces_a_folder_ragcli_did_not_write(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    for extra in ([], ["--overwrite"]):
+        result = CliRunner().invoke(ragcli, ["train", "attentive-cnn", "--out", str(out), "--train-years", "R02",
+                                             "--valid-years", "R03", "--epochs", "1", *extra])
+        assert result.exit_code == 2 and "not written by ragcli" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and (out / "notes.txt").read_text() == "my notes"
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
 def test_train_cli_json_on_the_bundled_sample(tmp_path):
@@ -159,21 +174,20 @@ def test_coliee_index_with_paraformer_fuses_three_scores_and_explains(trained, t
     from retrieval.coliee import load_coliee
     from retrieval.dense import DenseRetriever
     from retrieval.fusion import fuse
-    from retrieval.serve import MODEL_WEIGHTS
 
     index = tmp_path / "coliee-para"
     build = ["index", "build", "--corpus", "coliee", "--model", str(trained[0] / "para"), "--encoder", tiny_encoder,
              "--name", str(index), "--device", "cpu", "--json"]
     result = CliRunner().invoke(ragcli, build)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["encoder"]["weights"] == MODEL_WEIGHTS["paraformer"]
+    weights = json.loads(result.stdout)["encoder"]["weights"]
+    assert weights == pytest.approx({"bm25": 1 / 3, "dense": 1 / 3, "paraformer": 1 / 3})  # the hybrid's default
     question = "Can a minor cancel a contract made without a guardian's consent?"
     query = ["index", "query", str(index), question, "-k", "3", "--device", "cpu"]
     hits = json.loads(CliRunner().invoke(ragcli, [*query, "--json"]).stdout)
 
     articles = load_coliee().articles
     texts, ids = [a.search_text for a in articles], [a.id for a in articles]
-    weights = MODEL_WEIGHTS["paraformer"]
     para = load_retriever(trained[0] / "para", articles, device="cpu")
     fused = fuse([BM25Retriever.build(texts, ids).scores([question]),
                   DenseRetriever.build(texts, ids, tiny_encoder, "cpu").scores([question]), para.scores([question])],

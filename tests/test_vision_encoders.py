@@ -250,7 +250,7 @@ def test_cli_embed_images_writes_npz_with_ids(tmp_path):
                                          "--image-size", "32", "--batch-size", "2", "--out", str(out),
                                          "--device", "cpu", "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["images"] == 3 and report["dim"] == 256 and report["images_per_s"] > 0
     saved = np.load(out)
     assert saved["embeddings"].shape == (3, 256)
@@ -262,7 +262,7 @@ def test_cli_embed_images_npy(tmp_path):
     result = CliRunner().invoke(ragcli, ["embed", "images", str(_folder(tmp_path)), "--encoder",
                                          "timm:vit_tiny_patch16_224", "--image-size", "32", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "images/s" in result.output and np.load(out).shape == (3, 192)
+    assert "images/s" in result.stdout and np.load(out).shape == (3, 192)
 
 
 @pytest.mark.parametrize("case", ["unreadable", "missing", "bad-out", "bad-encoder"])
@@ -276,7 +276,7 @@ def test_cli_embed_images_bad_input_exits_2_and_writes_nothing(tmp_path, case):
     result = CliRunner().invoke(ragcli, ["embed", "images", str(images), "--encoder", encoder,
                                          "--image-size", "32", "--out", str(out)])
     assert result.exit_code == 2, result.output
-    assert result.output.startswith("error: ")
+    assert result.stderr.splitlines()[-1].startswith("error: ")
     assert not out.exists() and not list(tmp_path.glob(".vecs*"))
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from indexes.errors import UserError
+from indexes.files import atomic_write_bytes
 from vision.datasets import load_images
 from vision.encoders import create_encoder
 
@@ -35,16 +35,12 @@ def embed_images(images: str | Path, out: str | Path, encoder: str, weights: str
 
 
 def save_vectors(out: Path, vectors: np.ndarray, ids: list[str]) -> None:
-    """`.npy`: the matrix; `.npz`: `embeddings` and `ids`. Written to a temp file, then renamed."""
+    """`.npy`: the matrix; `.npz`: `embeddings` and `ids`. Written atomically (through a symlink; a device
+    or FIFO there is refused, never replaced)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", suffix=out.suffix, dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if out.suffix == ".npz":
-                np.savez(fh, embeddings=vectors, ids=np.asarray(ids, dtype=str))
-            else:
-                np.save(fh, vectors)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    if out.suffix == ".npz":
+        np.savez(buffer, embeddings=vectors, ids=np.asarray(ids, dtype=str))
+    else:
+        np.save(buffer, vectors)
+    atomic_write_bytes(out, buffer.getvalue())

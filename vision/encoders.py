@@ -4,7 +4,8 @@
 Weights come from a local safetensors file or directory (random init when none: nothing is ever
 downloaded unless a hub id is given). Preprocessing comes from the model's own config (timm data
 config / HF image processor). An encoder saves to a directory (config.json + model.safetensors) and
-reloads to give identical embeddings.
+reloads to give identical embeddings. Weights load strictly (a file that does not fit the model is an
+error, not a random model), and an encoder left with random weights says so on stderr.
 """
 
 from __future__ import annotations
@@ -17,17 +18,22 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, load_model, save_model
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_model
 from torch import nn
 
 import vision.backbones  # noqa: F401  (registers this project's models with timm)
 from indexes.errors import UserError
-from indexes.runtime import atomic_dir, progress, resolve_device
+from indexes.files import read_json
+from indexes.runtime import progress, require_finite_parameters, resolve_device
 from vision.backbones import apply_evit
-from vision.pooling import create_pooling
+from vision.checkpoints import (announce_random_weights, check_choice, check_int, error_line, load_weights,
+                                quiet_transformers)
+from vision.pooling import POOLINGS, create_pooling
 
 FORMAT = "ragcli.image-encoder/1"
 KINDS = ("timm", "hf")
+MAX_IMAGE_SIZE = 4096  # input side in pixels
 
 
 class TimmBackbone(nn.Module):
@@ -92,11 +98,15 @@ class HFBackbone(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """Backbone + pooling head -> (B, dim) embeddings, with preprocessing, batching and persistence."""
+    """Backbone + pooling head -> (B, dim) embeddings, with preprocessing, batching and persistence.
+
+    `random_weights`: the backbone was left at its random init; the first embedding run says so on stderr."""
 
     def __init__(self, backbone: TimmBackbone | HFBackbone, spec: str, pooling: str = "default",
-                 image_size: int | None = None, model_kwargs: dict[str, Any] | None = None) -> None:
+                 image_size: int | None = None, model_kwargs: dict[str, Any] | None = None,
+                 random_weights: bool = False) -> None:
         super().__init__()
+        self.random_weights, self._announced = random_weights, False
         self.backbone = backbone
         self.pool = None if pooling == "default" else create_pooling(pooling, backbone.token_dim,
                                                                      backbone.num_prefix_tokens)
@@ -132,6 +142,9 @@ class ImageEncoder(nn.Module):
         """
         if batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {batch_size}")
+        if self.random_weights and not self._announced:
+            announce_random_weights(self.name)
+            self._announced = True
         dev = resolve_device(device)
         self.to(dev).eval()
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.startswith("cuda"))
@@ -147,29 +160,34 @@ class ImageEncoder(nn.Module):
                 "image_size": self.image_size, "model_kwargs": self.model_kwargs, "dim": self.dim}
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write config.json + model.safetensors (+ the HF config and image processor) atomically."""
-        with atomic_dir(path) as tmp:
-            (tmp / "config.json").write_text(json.dumps(self.describe(), indent=2))
-            save_model(self, str(tmp / "model.safetensors"))
-            if isinstance(self.backbone, HFBackbone):
-                self.backbone.model.config.save_pretrained(tmp / "hf")
-                self.backbone.processor.save_pretrained(tmp / "hf")
-        return Path(path)
+        """Write config.json + model.safetensors (+ the HF config and image processor) into `path`
+        (wrap it in `indexes.files.atomic_dir` to publish it atomically)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(self.describe(), indent=2))
+        save_model(self, str(path / "model.safetensors"))
+        if isinstance(self.backbone, HFBackbone):
+            self.backbone.model.config.save_pretrained(path / "hf")
+            self.backbone.processor.save_pretrained(path / "hf")
+        return path
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> ImageEncoder:
-        """Re-create an encoder written by `save_pretrained` (nothing is downloaded)."""
+        """Re-create an encoder written by `save_pretrained` (nothing is downloaded), every tensor from
+        its model.safetensors."""
         path = Path(path)
         config = read_encoder_config(path)
         kind, source = parse_spec(config["spec"])
         if kind == "hf":
+            if not (path / "hf").is_dir():
+                raise UserError(f"{path}: an hf: encoder keeps its model config and image processor in hf/, "
+                                "which is missing")
             source = str(path / "hf")
         backbone = _BUILDERS[kind](source, None, config["image_size"], dict(config["model_kwargs"]))
         encoder = cls(backbone, config["spec"], config["pooling"], config["image_size"], config["model_kwargs"])
-        try:
-            load_model(encoder, str(path / "model.safetensors"))
-        except (OSError, RuntimeError) as err:
-            raise UserError(f"cannot load encoder weights from {path}: {_first_line(err)}") from None
+        if encoder.dim != config["dim"]:
+            raise UserError(f"{path}: config.json says dim {config['dim']}, but its model gives {encoder.dim}")
+        load_weights(encoder, path / "model.safetensors", path)
         return encoder
 
 
@@ -179,14 +197,18 @@ def create_encoder(spec: str, weights: str | Path | None = None, pooling: str = 
 
     timm options: `image_size` (input size for preprocessing, and for models with fixed-size position
     embeddings), `evit_keep_rate` / `evit_layers` (EViT token reorganisation on a ViT), any timm kwarg.
+    Without weights (and no hub checkpoint) the weights are random, which embedding announces on stderr.
     """
     if is_saved_encoder(spec):
         if weights is not None or pooling != "default" or image_size is not None or model_kwargs:
             raise UserError(f"{spec} is a saved encoder: it carries its own weights and settings")
         return ImageEncoder.from_pretrained(spec)
     kind, source = parse_spec(spec)
+    if image_size is not None:
+        check_int(image_size, "image size", 8, MAX_IMAGE_SIZE)
     backbone = _BUILDERS[kind](source, weights, image_size, dict(model_kwargs))
-    return ImageEncoder(backbone, f"{kind}:{source}", pooling, image_size, model_kwargs)
+    random_weights = weights is None and (kind == "timm" or not _hf_has_weights(source))
+    return ImageEncoder(backbone, f"{kind}:{source}", pooling, image_size, model_kwargs, random_weights)
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -203,24 +225,25 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def is_saved_encoder(path: str | Path) -> bool:
-    """Whether `path` is a directory written by `ImageEncoder.save_pretrained`."""
-    config = Path(path) / "config.json"
-    return config.is_file() and _read_json(config).get("format") == FORMAT
+    """Whether `path` is a directory with a config.json: a saved encoder (`read_encoder_config` checks it)."""
+    return (Path(path) / "config.json").exists()
 
 
 def read_encoder_config(path: Path) -> dict[str, Any]:
-    """The config.json of a saved encoder, checked for format."""
-    if not is_saved_encoder(path):
+    """The config.json of a saved encoder: its format, and each setting's type and range."""
+    config = read_json(path / "config.json", "encoder config")
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise UserError(f"{path} is not a saved ragcli image encoder (no config.json with format {FORMAT})")
-    return _read_json(path / "config.json")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    where = f"{path / 'config.json'}:"
+    if not isinstance(config.get("spec"), str) or not config["spec"].strip():
+        raise UserError(f"{where} spec must be an encoder spec string, got {config.get('spec')!r}")
+    check_choice(config.get("pooling"), f"{where} pooling", ("default", *POOLINGS))
+    if config.get("image_size") is not None:
+        check_int(config["image_size"], f"{where} image_size", 8, MAX_IMAGE_SIZE)
+    if not isinstance(config.get("model_kwargs"), dict):
+        raise UserError(f"{where} model_kwargs must be an object, got {config.get('model_kwargs')!r}")
+    check_int(config.get("dim"), f"{where} dim", 1, 1 << 20)
+    return config
 
 
 def weights_file(weights: str | Path) -> Path:
@@ -237,6 +260,8 @@ def weights_file(weights: str | Path) -> Path:
 
 def _build_timm(name: str, weights: str | Path | None, image_size: int | None,
                 model_kwargs: dict[str, Any]) -> TimmBackbone:
+    """A timm model without classifier; `weights` must fill every one of its tensors (timm's own checkpoint
+    filter still adapts them, e.g. resizing position embeddings to `image_size`)."""
     import timm
 
     if not timm.is_model(name):
@@ -247,14 +272,37 @@ def _build_timm(name: str, weights: str | Path | None, image_size: int | None,
     if image_size is not None and timm.models.get_pretrained_cfg(name).fixed_input_size:
         kwargs["img_size"] = image_size  # position embeddings are sized at construction
     if weights is not None:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights_file(weights))})
+        # num_classes 0 on both sides keeps timm's load strict (it relaxes it when it drops a classifier itself)
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"state_dict": _headless_state(name, weights),
+                                                               "num_classes": 0})
     try:
         model = timm.create_model(name, **kwargs)
-    except (RuntimeError, ValueError, TypeError) as err:
-        raise UserError(f"cannot create timm model {name!r}: {_first_line(err)}") from None
-    if keep_rate is not None:
-        apply_evit(model, float(keep_rate), evit_layers)
+        if keep_rate is not None:
+            apply_evit(model, float(keep_rate), evit_layers)
+    except (RuntimeError, ValueError, TypeError, KeyError) as err:  # KeyError: a checkpoint filter meeting another layout
+        misfit = weights is not None and (isinstance(err, KeyError) or "loading state_dict" in str(err))
+        what = f"weights {weights} do not fit" if misfit else "cannot create"
+        detail = f"no tensor {err}" if isinstance(err, KeyError) else error_line(err)
+        raise UserError(f"{what} timm model {name!r}: {detail}") from None
+    if weights is not None:
+        model.pretrained_cfg.pop("state_dict", None)  # keep no second copy of the weights
+        require_finite_parameters(model, weights)
     return TimmBackbone(model, image_size)
+
+
+def _headless_state(name: str, weights: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors weights file, less the model's classifier head (encoders have none)."""
+    import timm
+
+    file = weights_file(weights)
+    try:
+        state = load_file(file)
+    except (OSError, SafetensorError) as err:
+        raise UserError(f"cannot read weights {file}: {error_line(err)}") from None
+    heads = getattr(timm.models.get_pretrained_cfg(name), "classifier", None) or ()
+    heads = [heads] if isinstance(heads, str) else heads
+    dropped = {f"{head}.{part}" for head in heads for part in ("weight", "bias")}
+    return {k: v for k, v in state.items() if k not in dropped}
 
 
 def _build_hf(source: str, weights: str | Path | None, image_size: int | None,
@@ -264,25 +312,30 @@ def _build_hf(source: str, weights: str | Path | None, image_size: int | None,
     if image_size is not None:
         raise UserError("image_size applies to timm encoders; an hf: encoder takes its size from its image processor")
     try:
-        processor = AutoImageProcessor.from_pretrained(source)
-        config = AutoConfig.from_pretrained(source)
-        if weights is not None:
-            model, info = MODEL_MAPPING[type(config)].from_pretrained(
-                None, config=config, state_dict=load_file(weights_file(weights)), output_loading_info=True, **model_kwargs)
-        elif Path(source).is_dir() and not any(Path(source).glob("*.safetensors")):  # no weights: random init
-            model, info = AutoModel.from_config(config, **model_kwargs), {}
-        else:
-            model, info = AutoModel.from_pretrained(source, output_loading_info=True, **model_kwargs)
-    except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"cannot load HF vision model {source!r}: {_first_line(err)}") from None
-    missing = [*info.get("missing_keys", ()), *info.get("mismatched_keys", ())]
-    if missing:
-        raise UserError(f"weights do not fit {source!r}: {len(missing)} tensors missing or misshapen, e.g. {sorted(missing)[0]}")
+        with quiet_transformers():
+            processor = AutoImageProcessor.from_pretrained(source)
+            config = AutoConfig.from_pretrained(source)
+            if weights is not None:
+                model, info = MODEL_MAPPING[type(config)].from_pretrained(
+                    None, config=config, state_dict=load_file(weights_file(weights)), output_loading_info=True,
+                    **model_kwargs)
+            elif not _hf_has_weights(source):  # a config without weights: random init
+                model, info = AutoModel.from_config(config, **model_kwargs), {}
+            else:
+                model, info = AutoModel.from_pretrained(source, output_loading_info=True, **model_kwargs)
+    except (OSError, ValueError, KeyError, SafetensorError) as err:
+        raise UserError(f"cannot load HF vision model {source!r}: {error_line(err)}") from None
+    wrong = [*info.get("missing_keys", ()), *info.get("mismatched_keys", ()), *info.get("unexpected_keys", ())]
+    if wrong:
+        raise UserError(f"weights do not fit {source!r}: {len(wrong)} tensors missing, misshapen or unexpected, "
+                        f"e.g. {', '.join(sorted(map(str, wrong))[:3])}")
+    require_finite_parameters(model, weights or source)
     return HFBackbone(model, processor)
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+def _hf_has_weights(source: str) -> bool:
+    """A hub id, or a local directory holding safetensors weights (never pickles)."""
+    return not Path(source).is_dir() or any(Path(source).glob("*.safetensors"))
 
 
 _BUILDERS = {"timm": _build_timm, "hf": _build_hf}

@@ -37,6 +37,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
         raise UserError(f"{len(embeddings)} embeddings but {len(labels)} labels")
     if len(labels) < 2:
         raise UserError("need at least 2 images to evaluate retrieval")
+    metrics.require_finite(embeddings, "the image embeddings")  # NaN similarities would rank every image first
     hits, n_relevant = ranked_hits(embeddings, labels)
     ks = [k for k in ks if k <= hits.shape[1]]
     out = {f"R@{k}": float(metrics.hit_rate_at_k(hits, k).mean()) for k in ks}
@@ -92,12 +93,14 @@ def evaluate_focallens(model: FocalLens, data: ConditionalSet, conditions: Mappi
 
 
 def evaluate_images(data: str | Path, split: str = "test", encoder: str | None = None, model: str | Path | None = None,
-                    conditions: Sequence[str] = (), batch_size: int = 64,
-                    device: str = "auto") -> dict[str, dict[str, float]]:
+                    conditions: Sequence[str] = (), batch_size: int = 64, device: str = "auto",
+                    weights: str | Path | None = None) -> dict[str, dict[str, float]]:
     """Per-condition and mean retrieval metrics of a FocalLens model (`model`) or an unconditional encoder
-    (`encoder` spec) on a labelled split."""
+    (`encoder` spec, with `weights`) on a labelled split."""
     if (encoder is None) == (model is None):
         raise UserError("give exactly one of --encoder or --model")
+    if weights is not None and encoder is None:
+        raise UserError("--weights go with --encoder; a FocalLens --model carries its own")
     dataset = load_split(data, split)
     wanted = parse_conditions(conditions, dataset.phrasings)
     if model is not None:
@@ -106,5 +109,5 @@ def evaluate_images(data: str | Path, split: str = "test", encoder: str | None =
     from vision.encoders import create_encoder
 
     images = ImageArray(dataset.images) if isinstance(dataset.images, np.ndarray) else dataset.images
-    embedder = create_encoder(encoder)
+    embedder = create_encoder(encoder, weights=weights)
     return evaluate_conditions(lambda _: embedder.embed(images, batch_size, device), dataset.labels, dict.fromkeys(wanted))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
 from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE
 from PIL import Image
 from safetensors.torch import load_model
@@ -25,8 +25,13 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from indexes.errors import UserError
-from indexes.runtime import progress, resolve_device
+from indexes.files import regular_file
+from indexes.runtime import load_pretrained, progress, resolve_device
 from retrieval.text_encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
+from vision.checkpoints import check_choice, check_float, check_int, error_line, quiet_transformers
+
+MAX_IMAGE_SIZE = 4096
+MAX_PATCHES = 16_384  # (image_size / patch_size) ** 2: position embeddings and attention grow with it
 
 
 class TextTower:
@@ -35,10 +40,8 @@ class TextTower:
     def __init__(self, spec: str, device: str = "cpu"):
         self.spec, self.device = spec, device
         if spec.startswith("hf:"):
-            from transformers import AutoTokenizer, CLIPTextModelWithProjection
-
-            self.tokenizer = AutoTokenizer.from_pretrained(spec[3:])
-            self.model = CLIPTextModelWithProjection.from_pretrained(spec[3:]).to(device).eval()
+            self.tokenizer, self.model = _clip_text(spec[3:])
+            self.model.to(device).eval()
         else:
             self.model = load_text_encoder(spec, device)
 
@@ -59,6 +62,25 @@ class TextTower:
         return F.normalize(out.float(), dim=-1).cpu()
 
 
+def _clip_text(source: str) -> tuple:
+    """The tokenizer and text tower of a CLIP checkpoint, every weight loaded (never a random tower). Only a
+    hub id that is not a local path goes to the hub, and not even then under HF_HUB_OFFLINE."""
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection
+
+    local = Path(source).expanduser().exists() or constants.HF_HUB_OFFLINE
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+            model, info = CLIPTextModelWithProjection.from_pretrained(source, local_files_only=local,
+                                                                      output_loading_info=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"cannot load the CLIP text encoder hf:{source}: {error_line(err)}") from None
+    if missing := [*info.get("missing_keys", ()), *info.get("mismatched_keys", ())]:
+        raise UserError(f"hf:{source} is not a CLIP text model: {len(missing)} of its weights are missing or "
+                        f"misshapen, e.g. {', '.join(sorted(map(str, missing))[:3])}")
+    return tokenizer, model
+
+
 @lru_cache(maxsize=4)
 def text_tower(spec: str, device: str = "cpu") -> TextTower:
     """A cached `TextTower` per spec and device (the weights are frozen and shared)."""
@@ -70,6 +92,8 @@ def conv_stem_layers(patch_size: int, embed_dim: int) -> nn.Sequential:
     Better", Xiao et al. 2021): stride-2 3x3 convs, widening to `embed_dim`, then a 1x1 projection."""
     if patch_size & (patch_size - 1):
         raise UserError(f"a conv stem needs a power-of-two patch size, got {patch_size}")
+    if embed_dim < patch_size // 2:
+        raise UserError(f"a conv stem with patch size {patch_size} needs embed_dim >= {patch_size // 2}, got {embed_dim}")
     layers, width = [], 3
     for i in range(patch_size.bit_length() - 1):
         out = embed_dim // 2 ** (patch_size.bit_length() - 2 - i)
@@ -99,6 +123,8 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
         std: Sequence[float] = (0.5, 0.5, 0.5),
     ):
         super().__init__()
+        _check_settings(image_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, text_dim, condition_tokens,
+                        conv_stem, temperature, conditional, text_encoder, mean, std)
         self.image_size, self.conditional, self.text_encoder = image_size, conditional, text_encoder
         self.vit = VisionTransformer(img_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                                      num_heads=num_heads, mlp_ratio=mlp_ratio, num_classes=0, global_pool="token")
@@ -147,6 +173,7 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
             return self.preprocess(images)
         if images.ndim == 3:  # grayscale
             images = np.repeat(images[..., None], 3, axis=-1)
+        images = images[..., :3]  # RGBA: the colour channels
         pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
         if pixels.shape[-2:] != (self.image_size, self.image_size):
             resized = F.interpolate(pixels.float(), size=(self.image_size, self.image_size), mode="bicubic", antialias=True)
@@ -159,7 +186,15 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
             return None
         if condition is None or not condition.strip():
             raise UserError("FocalLens needs a non-empty --condition (e.g. 'focus on the colour')")
-        return text_tower(self.text_encoder, device).encode([condition.strip()])
+        return self.tower(device).encode([condition.strip()])
+
+    def tower(self, device: str = "cpu") -> TextTower:
+        """The frozen text encoder of instructions and answers, checked to embed into this model's space."""
+        tower = text_tower(self.text_encoder, device)
+        if tower.dim != self.dim:
+            raise UserError(f"text encoder {self.text_encoder!r} gives {tower.dim}-d embeddings; "
+                            f"the model projects to {self.dim}")
+        return tower
 
     @torch.no_grad()
     def embed(self, images: Sequence[Image.Image] | np.ndarray, condition: str | None = None,
@@ -179,7 +214,9 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
     def _from_pretrained(cls, *, model_id: str, revision: str | None = None, cache_dir: str | Path | None = None,
                          force_download: bool = False, local_files_only: bool = False, token: str | bool | None = None,
                          map_location: str = "cpu", strict: bool = True, **model_kwargs) -> FocalLens:
-        """Strict safetensors loading from a directory or the hub (the mixin's own is lenient and prints)."""
+        """Strict safetensors loading from a directory or the hub (the mixin's own is lenient and prints):
+        every tensor present, none left over, each of the right shape (`strict` is the mixin's argument;
+        loading is always strict)."""
         if Path(model_id).is_dir():
             weights = str(Path(model_id) / SAFETENSORS_SINGLE_FILE)
         else:
@@ -187,7 +224,10 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
                                       force_download=force_download, local_files_only=local_files_only, token=token)
         model_kwargs.pop("config", None)  # the mixin also passes the raw config.json; its values are already here
         model = cls(**model_kwargs)
-        load_model(model, weights, strict=strict, device=map_location)
+        try:
+            load_model(model, weights, strict=True, device=map_location)
+        except RuntimeError as err:
+            raise ValueError(f"{SAFETENSORS_SINGLE_FILE} does not fit its config: {error_line(err)}") from None
         return model
 
     def describe(self) -> dict:
@@ -196,11 +236,39 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
 
 
 def load_focallens(path: str | Path) -> FocalLens:
-    """A FocalLens model directory (config.json + model.safetensors); never downloads."""
+    """A FocalLens model directory (config.json + model.safetensors), loaded strictly; never downloads."""
     path = Path(path)
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+    if not path.is_dir():
         raise UserError(f"{path} is not a FocalLens model directory (needs config.json and model.safetensors)")
-    try:
-        return FocalLens.from_pretrained(path)
-    except (OSError, ValueError, TypeError, RuntimeError) as err:
-        raise UserError(f"cannot load FocalLens from {path}: {str(err).splitlines()[0]}") from None
+    regular_file(path / "config.json", "FocalLens config")
+    regular_file(path / SAFETENSORS_SINGLE_FILE, "FocalLens weights")
+    return load_pretrained(FocalLens, path)
+
+
+def _check_settings(image_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float,
+                    text_dim: int, condition_tokens: int, conv_stem: bool, temperature: float, conditional: bool,
+                    text_encoder: str, mean: Sequence[float], std: Sequence[float]) -> None:
+    """Types and ranges of FocalLens's settings (from a caller or a config.json), before any tensor is made."""
+    check_int(image_size, "FocalLens image_size", 8, MAX_IMAGE_SIZE)
+    check_int(patch_size, "FocalLens patch_size", 1, image_size)
+    if image_size % patch_size or (image_size // patch_size) ** 2 > MAX_PATCHES:
+        raise UserError(f"FocalLens patch_size {patch_size} must divide image_size {image_size} into at most "
+                        f"{MAX_PATCHES} patches")
+    check_int(embed_dim, "FocalLens embed_dim", 8, 4096)
+    check_int(depth, "FocalLens depth", 1, 64)
+    check_int(num_heads, "FocalLens num_heads", 1, 64)
+    if embed_dim % num_heads:
+        raise UserError(f"FocalLens num_heads {num_heads} must divide embed_dim {embed_dim}")
+    check_float(mlp_ratio, "FocalLens mlp_ratio", 0, 16, open_low=True)
+    check_int(text_dim, "FocalLens text_dim", 1, 8192)
+    check_int(condition_tokens, "FocalLens condition_tokens", 1, 64)
+    check_choice(conv_stem, "FocalLens conv_stem", (True, False))
+    check_float(temperature, "FocalLens temperature", 0, 1, open_low=True)
+    check_choice(conditional, "FocalLens conditional", (True, False))
+    if not isinstance(text_encoder, str) or not text_encoder.strip():
+        raise UserError(f"FocalLens text_encoder must be a model name or path, got {text_encoder!r}")
+    for name, values in (("mean", mean), ("std", std)):
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 3:
+            raise UserError(f"FocalLens {name} must be 3 numbers (R, G, B), got {values!r}")
+        for value in values:
+            check_float(value, f"FocalLens {name}", 0, 1, open_low=name == "std")

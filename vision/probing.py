@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from indexes import metrics
 from indexes.errors import UserError
 from indexes.runtime import progress, resolve_device, seed_everything
 from vision.encoders import ImageEncoder
@@ -39,10 +40,11 @@ def fit_pooling(encoder: ImageEncoder, images: Sequence[Image.Image], labels: Se
     optimizer = torch.optim.AdamW([*params, *classifier.parameters()], lr=lr)
     encoder.pool.to(dev).train()
     losses = []
-    for _ in progress(range(epochs), desc="fitting pooling head", unit="epoch"):
+    for epoch in progress(range(1, epochs + 1), desc="fitting pooling head", unit="epoch"):
         total = 0.0
         for idx in torch.randperm(len(y)).split(batch_size):
             loss = F.cross_entropy(classifier(encoder.pool(tokens[idx].to(dev))), y[idx].to(dev))
+            metrics.require_finite(loss.detach(), f"pooling-head losses (epoch {epoch}; try a lower lr)")
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -1,5 +1,5 @@
-"""Image indexes: `--corpus images` builds one from an image dataset with an encoder spec or a FocalLens
-model (under a condition), and an image query finds its neighbours, optionally as a contact sheet.
+"""The images family: `--corpus images` builds an index from an image dataset with an encoder spec or a
+FocalLens model (under a condition); its engine finds an image's neighbours, optionally as a contact sheet.
 
 The encoder is saved inside the index directory (`model/`), so a query re-creates exactly the encoder
 that embedded the corpus, random-init weights included.
@@ -7,6 +7,7 @@ that embedded the corpus, random-init weights included.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,12 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from indexes import BuildRequest, Hit, QueryRequest, VectorIndex
+from indexes import BuildRequest, Hit, VectorIndex
+from indexes.engine import Engine, Query
 from indexes.errors import UserError
-from vision.datasets import ImageFiles, ImageSet, load_images
+from indexes.files import inside
+from indexes.registry import Family, register_family
+from vision.datasets import ImageFiles, ImageSet, decode_image, load_images
 from vision.sheet import write_contact_sheet
 
 MODEL_DIR = "model"
@@ -75,29 +79,55 @@ def build_index(request: BuildRequest, out: Path) -> VectorIndex:
         device=request.device, encoder={"family": "vision", **encoder.describe(), "kind": kind, "condition": condition,
                                         "model_dir": MODEL_DIR, "images": str(source)},
     )
-    index.save(out, extras={MODEL_DIR: encoder.save_pretrained})
+    index.save(out, extras={MODEL_DIR: encoder.save_pretrained}, overwrite=request.overwrite)
     return index
 
 
-def query_index(index: VectorIndex, request: QueryRequest) -> list[Hit]:
-    """Embed `request.image` (under the index's condition) and return its k nearest images."""
-    if request.image is None:
-        raise UserError("an image index is queried with --image PATH")
-    info = index.encoder
-    condition = _clean_condition(request.condition)
-    built_with = info.get("condition")
-    if condition is not None and condition != built_with:
-        raise UserError(f"this index was built under the condition {built_with!r}; "
-                        "build another index for a different condition")
-    if index.path is None:
-        raise UserError("the index has no directory to load its encoder from")
-    query = open_image(request.image)
-    encoder = _load_encoder(info.get("kind", "encoder"), index.path / info.get("model_dir", MODEL_DIR))
-    hits = index.search(_embed(encoder, [query], built_with, request.device), k=request.k)[0]
-    if request.sheet is not None:
+class ImageEngine(Engine):
+    """Embeds query images (under the index's condition) with the encoder stored in the index, loaded once."""
+
+    family, field = "vision", "image"
+
+    def __init__(self, index: VectorIndex, device: str = "auto"):
+        super().__init__(index)
+        info = index.encoder
+        if index.path is None:
+            raise UserError("the index has no directory to load its encoder from")
+        self.condition = info.get("condition")
+        self.device = device
+        self.encoder = _load_encoder(info.get("kind", "encoder"),
+                                     inside(index.path, info.get("model_dir", MODEL_DIR), "model_dir"))
+
+    def search(self, queries: list[Query], k: int, where: Any, exclude: Sequence[Sequence[Any]] | None) -> list[list[Hit]]:
+        for query in queries:
+            condition = _clean_condition(query.condition)
+            if condition is not None and condition != self.condition:
+                raise UserError(f"this index was built under the condition {self.condition!r}; "
+                                "build another index for a different condition")
+        images = [self.image_of(q) for q in queries]
+        vectors = _embed(self.encoder, images, self.condition, self.device)
+        return self.index.search(vectors, k=k, where=where, exclude=exclude)
+
+    @staticmethod
+    def image_of(query: Query) -> Image.Image:
+        """The query's pixels: a PIL image as given, an upload (a binary file object), or the file it names."""
+        if isinstance(query.image, Image.Image):
+            return query.image
+        if hasattr(query.image, "read"):
+            return decode_image(query.image, query.qid or "upload")
+        return open_image(query.image)
+
+    def item_image(self, item_id: Any) -> Image.Image:
+        """The pixels of an indexed image, from the file or archive row its payload names."""
+        rows = self.index.rows_of([item_id])
+        return _hit_image(Hit(item_id, 0.0, self.index.payload_of(rows)[int(rows[0])]))
+
+    def contact_sheet(self, query: Any, hits: list[Hit], path: Path) -> None:
+        """Write a PNG of the query image then its neighbours, captioned with id and score."""
+        image = self.image_of(self.as_query(query))
         neighbours = [(_hit_image(hit), str(hit.id), hit.score) for hit in hits]
-        write_contact_sheet(request.sheet, query, neighbours, title=built_with or Path(request.image).name)
-    return hits
+        title = self.condition or (Path(query).name if isinstance(query, (str, Path)) else "query")
+        write_contact_sheet(path, image, neighbours, title=title)
 
 
 def _payload(corpus: ImageSet, source: Path) -> pl.DataFrame:
@@ -120,3 +150,9 @@ def _hit_image(hit: Hit) -> Image.Image:
     """A neighbour's pixels, from the file or archive row its payload names."""
     row = hit.payload.get("row")
     return open_image(hit.payload["path"]) if row is None else _archive(hit.payload["path"]).images[int(row)]
+
+
+FAMILY = register_family(Family(
+    name="vision", corpora={"images": build_index}, opener=ImageEngine,
+    build_options=frozenset({"images", "encoder", "model", "condition"}),
+))

@@ -3,10 +3,13 @@ because people would rather look at retrieval results than read them."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from indexes.files import atomic_write_bytes
 
 CAPTION_HEIGHT = 28
 GAP = 6
@@ -35,10 +38,13 @@ def contact_sheet(
 
 def write_contact_sheet(path: str | Path, query: Image.Image, neighbours: Sequence[tuple[Image.Image, str, float]],
                         title: str = "query", thumb: int = 128) -> Path:
-    """Render `contact_sheet` and save it as PNG at `path`."""
+    """Render `contact_sheet` and save it as PNG at `path`, atomically (through a symlink; a device or FIFO
+    there is refused, never replaced)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    contact_sheet(query, neighbours, title, thumb).save(path, format="PNG")
+    png = io.BytesIO()
+    contact_sheet(query, neighbours, title, thumb).save(png, format="PNG")
+    atomic_write_bytes(path, png.getvalue())
     return path
 
 

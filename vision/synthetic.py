@@ -17,8 +17,8 @@ import polars as pl
 from PIL import Image
 
 from indexes.errors import UserError
-from indexes.runtime import atomic_dir
-from vision.datasets import ImageArray, load_images
+from indexes.files import atomic_dir, check_output, inside, read_json
+from vision.datasets import ImageArray, check_memory, load_images
 
 FACTORS: dict[str, tuple[str, ...]] = {
     "shape": ("circle", "square", "triangle", "cross"),
@@ -44,6 +44,8 @@ _RADIUS = {"small": 0.13, "large": 0.22}  # half-extent of the object, as a frac
 _CENTRE = {"top left": (0.27, 0.27), "top right": (0.73, 0.27), "bottom left": (0.27, 0.73),
            "bottom right": (0.73, 0.73)}
 CONDITIONS_FILE = "conditions.json"
+SPLITS = ("train", "test")
+RENDER_BYTES_PER_PIXEL = 64  # peak memory of `render`: float32 canvases, masks and distances per pixel
 
 
 @dataclass(frozen=True)
@@ -105,20 +107,21 @@ def make_conditional(n: int = 2000, size: int = 64, seed: int = 0, test_fraction
         raise UserError(f"need n >= 2 images of size >= 16 px, got n={n}, size={size}")
     if not 0.0 < test_fraction < 1.0:
         raise UserError(f"test fraction must be in (0, 1), got {test_fraction}")
+    check_memory(n * size * size * RENDER_BYTES_PER_PIXEL, f"rendering {n:,} images of {size} x {size} pixels")
     rng = np.random.default_rng(seed)
     labels = pl.DataFrame({f: np.asarray(values)[rng.integers(0, len(values), n)] for f, values in FACTORS.items()})
     images = render(labels, size, rng)
-    cut = n - max(1, round(n * test_fraction))
+    cut = n - min(n - 1, max(1, round(n * test_fraction)))  # neither split empty
     return {
         "train": ConditionalSet(images[:cut], labels[:cut], PHRASINGS),
         "test": ConditionalSet(images[cut:], labels[cut:], PHRASINGS),
     }
 
 
-def write_conditional(splits: dict[str, ConditionalSet], out: str | Path) -> Path:
+def write_conditional(splits: dict[str, ConditionalSet], out: str | Path, overwrite: bool = False) -> Path:
     """Write each split as `<split>.npz` (`images` + one label array per factor, what `load_images` reads)
     and the phrasings per factor as conditions.json."""
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "dataset", overwrite) as tmp:
         for name, split in splits.items():
             labels = {c: split.labels[c].to_numpy().astype(str) for c in split.labels.columns}
             np.savez_compressed(tmp / f"{name}.npz", images=split.images, **labels)
@@ -127,10 +130,12 @@ def write_conditional(splits: dict[str, ConditionalSet], out: str | Path) -> Pat
     return Path(out)
 
 
-def generate_dataset(out: str | Path, n: int = 2000, size: int = 64, seed: int = 0, test_fraction: float = 0.2) -> dict:
+def generate_dataset(out: str | Path, n: int = 2000, size: int = 64, seed: int = 0, test_fraction: float = 0.2,
+                     overwrite: bool = False) -> dict:
     """Generate the benchmark and write it to `out`; returns what was written (for the CLI)."""
+    check_output(out, overwrite, "dataset directory")
     splits = make_conditional(n, size, seed, test_fraction)
-    write_conditional(splits, out)
+    write_conditional(splits, out, overwrite)
     return {"path": str(out), "size": size, "seed": seed, "splits": {k: len(v) for k, v in splits.items()},
             "factors": {f: list(v) for f, v in FACTORS.items()}}
 
@@ -139,13 +144,16 @@ def load_split(data: str | Path, split: str = "test", image_size: int = 32, seed
     """A split of a `data make-conditional` directory, a fresh 10,000-image benchmark for 'generated', or
     any labelled image dataset `load_images` reads (one "focus on the <column>" instruction per label column)."""
     if str(data) == "generated":
+        if split not in SPLITS:
+            raise UserError(f"the generated benchmark has the splits {', '.join(SPLITS)}, not {split!r}")
         return make_conditional(10_000, image_size, seed)[split]
     path = Path(data)
-    if (path / CONDITIONS_FILE).is_file():
-        phrasings = {f: tuple(p) for f, p in json.loads((path / CONDITIONS_FILE).read_text()).items()}
-        if not (path / f"{split}.npz").is_file():
+    if (path / CONDITIONS_FILE).exists():
+        phrasings = read_phrasings(path / CONDITIONS_FILE)
+        split_file = inside(path, f"{split}.npz", "split")
+        if not split_file.is_file():
             raise UserError(f"{path} has no {split!r} split ({split}.npz)")
-        path = path / f"{split}.npz"
+        path = split_file
     else:
         phrasings = None
     images = load_images(path)
@@ -156,3 +164,14 @@ def load_split(data: str | Path, split: str = "test", image_size: int = 32, seed
         raise UserError(f"{data} has no label columns to condition on")
     pixels = images.images.array if isinstance(images.images, ImageArray) else images.images
     return ConditionalSet(pixels, labels, phrasings)
+
+
+def read_phrasings(path: Path) -> dict[str, tuple[str, ...]]:
+    """conditions.json: each factor -> its non-empty list of instruction phrasings."""
+    phrasings = read_json(path, "conditions file")
+    valid = isinstance(phrasings, dict) and all(
+        isinstance(texts, list) and texts and all(isinstance(t, str) and t.strip() for t in texts)
+        for texts in phrasings.values())
+    if not valid:
+        raise UserError(f"{path} must map each factor to a non-empty list of instruction strings")
+    return {factor: tuple(texts) for factor, texts in phrasings.items()}

@@ -16,10 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from indexes import metrics
 from indexes.errors import UserError
-from indexes.runtime import atomic_dir, progress, resolve_device, seed_everything
+from indexes.files import atomic_dir, check_output
+from indexes.runtime import progress, require_finite_parameters, resolve_device, seed_everything
 from retrieval.text_encoder import DEFAULT_TEXT_ENCODER
 from vision.focallens import FocalLens, text_tower
+from vision.datasets import check_memory
 from vision.synthetic import ConditionalSet, load_split
 
 
@@ -54,10 +57,7 @@ def _targets(data: ConditionalSet, model: FocalLens, device: str) -> _Targets:
     instructions = sorted({t for row in table for t in row})
     answer_cols = [data.labels[f].cast(str).to_numpy() for f in factors]
     answers, inverse = np.unique(np.stack(answer_cols, axis=1), return_inverse=True)
-    tower = text_tower(model.text_encoder, device)
-    if tower.dim != model.dim:
-        raise UserError(f"text encoder {model.text_encoder!r} gives {tower.dim}-d embeddings; "
-                        f"the model projects to {model.dim}")
+    tower = model.tower(device)
     lookup = {t: i for i, t in enumerate(instructions)}
     return _Targets(
         instructions=torch.tensor([[lookup[t] for t in row] for row in table]),
@@ -94,6 +94,7 @@ def train_focallens(model: FocalLens, data: ConditionalSet, settings: TrainSetti
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
     model.to(device).train()
+    check_memory(len(data) * 3 * model.image_size**2, f"{len(data):,} training images at {model.image_size} px")
     targets = _targets(data, model, device)
     images = model.to_pixels(data.images)  # uint8 at the model's resolution, resized once
     batch = min(settings.batch_size, len(data))
@@ -105,7 +106,7 @@ def train_focallens(model: FocalLens, data: ConditionalSet, settings: TrainSetti
     generator = torch.Generator().manual_seed(settings.seed)
     n_factors, n_phrasings = targets.instructions.shape
     history, started = [], time.perf_counter()
-    for _ in progress(range(settings.epochs), desc="train focallens", unit="epoch"):
+    for epoch in progress(range(1, settings.epochs + 1), desc="train focallens", unit="epoch"):
         order = torch.randperm(len(data), generator=generator)[: steps_per_epoch * batch].view(steps_per_epoch, batch)
         factor = torch.randint(n_factors, order.shape, generator=generator)
         phrasing = torch.randint(n_phrasings, order.shape, generator=generator)
@@ -116,29 +117,33 @@ def train_focallens(model: FocalLens, data: ConditionalSet, settings: TrainSetti
                 emb = model(pixels, targets.instruction_emb[targets.instructions[f, p].to(device)])
             scale = model.logit_scale.exp().clamp(max=100)  # CLIP's cap
             loss = contrastive_loss(emb.float(), targets.answers[rows, f].to(device), targets.answer_emb, scale)
+            losses.append(loss.item())
+            metrics.require_finite(losses[-1], f"training losses (epoch {epoch}; try a lower --lr)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            losses.append(loss.item())
         history.append(float(np.mean(losses)))
+    require_finite_parameters(model, "training diverged (try a lower --lr)")  # a last step can break the weights
     return {"model": model.name, "epochs": settings.epochs, "steps": total, "batch_size": batch,
             "loss": history, "seconds": round(time.perf_counter() - started, 1), "settings": asdict(settings)}
 
 
-def save_model(model: FocalLens, out: str | Path) -> Path:
+def save_model(model: FocalLens, out: str | Path, overwrite: bool = False) -> Path:
     """Write the model directory (config.json + model.safetensors) atomically."""
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "model", overwrite) as tmp:
         model.save_pretrained(tmp)
     return Path(out)
 
 
 def train_from_data(data: str | Path, out: str | Path, unconditional: bool = False, epochs: int = 16,
                     batch_size: int = 64, lr: float = 2e-3, image_size: int = 32, text_encoder: str | None = None,
-                    device: str = "auto", seed: int = 0, **vit: int) -> dict:
-    """Train FocalLens (or the unconditional baseline) on `data`'s train split and save it to `out`.
+                    device: str = "auto", seed: int = 0, overwrite: bool = False, **vit: int) -> dict:
+    """Train FocalLens (or the unconditional baseline) on `data`'s train split and save it to `out`
+    (replacing a model ragcli wrote there only with `overwrite`).
 
     `vit`: patch_size, embed_dim, depth, num_heads of the ViT."""
+    check_output(out, overwrite, "model directory")
     train = load_split(data, "train", image_size, seed)
     text_encoder = text_encoder or DEFAULT_TEXT_ENCODER
     text_dim = text_tower(text_encoder).dim
@@ -146,4 +151,4 @@ def train_from_data(data: str | Path, out: str | Path, unconditional: bool = Fal
     model = FocalLens(image_size=image_size, text_dim=text_dim, conditional=not unconditional,
                       text_encoder=text_encoder, **vit)
     log = train_focallens(model, train, TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device))
-    return {**log, "path": str(save_model(model, out))}
+    return {**log, "path": str(save_model(model, out, overwrite))}

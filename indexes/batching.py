@@ -1,0 +1,99 @@
+"""Dynamic micro-batching: concurrent requests for one engine are gathered for a short window and answered
+with one `query_batch` call (one encoder pass), so throughput grows with load instead of queueing one
+encoder call per request. Engine calls run on one worker thread per engine, never two at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from indexes.engine import Engine, Query
+from indexes.errors import UserError
+from indexes.index import Hit
+
+
+@dataclass
+class _Request:
+    queries: list[Query]
+    k: int
+    exclude: list[list[Any]] | None
+    future: asyncio.Future = field(repr=False)
+
+
+class MicroBatcher:
+    """Collects requests for `window` seconds (or until `max_batch` queries) and answers them together.
+    Requests with different filters or options are answered in separate engine calls."""
+
+    def __init__(self, engine: Engine, window: float = 0.002, max_batch: int = 64):
+        self.engine = engine
+        self.window = window
+        self.max_batch = max_batch
+        self._pending: dict[str, list[_Request]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{engine.name}")
+        self.batches = 0  # engine calls made (for tests and /metrics)
+
+    async def query(self, queries: list[Any], k: int = 10, where: Any = None,
+                    exclude: list[list[Any]] | None = None, **options: Any) -> list[list[Hit]]:
+        """Answer `queries` (validated now, so one bad request cannot fail the others' batch)."""
+        if not queries:
+            raise UserError("no queries given")
+        if exclude is not None and len(exclude) != len(queries):
+            raise UserError(f"{len(exclude)} exclusion lists for {len(queries)} queries")
+        prepared = [self.engine.as_query(q) for q in queries]
+        key = json.dumps([where, options], sort_keys=True, default=str)
+        loop = asyncio.get_running_loop()
+        request = _Request(prepared, k, exclude, loop.create_future())
+        group = self._pending.setdefault(key, [])
+        group.append(request)
+        if sum(len(r.queries) for r in group) >= self.max_batch:
+            self._flush(key, where, options)
+        elif key not in self._timers:
+            self._timers[key] = loop.call_later(self.window, self._flush, key, where, options)
+        return await request.future
+
+    def _flush(self, key: str, where: Any, options: dict[str, Any]) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        group = self._pending.pop(key, [])
+        if group:
+            asyncio.get_running_loop().create_task(self._answer(group, where, options))
+
+    async def _answer(self, group: list[_Request], where: Any, options: dict[str, Any]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._worker, self._run, group, where, options)
+        except UserError:  # someone's query is bad: answer each request alone, so only it gets the error
+            for request in group:
+                try:
+                    single = await loop.run_in_executor(self._worker, self._run, [request], where, options)
+                    request.future.set_result(single[0])
+                except Exception as err:  # noqa: BLE001 - handed to the waiting request
+                    request.future.set_exception(err)
+            return
+        except Exception as err:  # noqa: BLE001 - every waiting request learns of it
+            for request in group:
+                request.future.set_exception(err)
+            return
+        for request, result in zip(group, results):
+            request.future.set_result(result)
+
+    def _run(self, group: list[_Request], where: Any, options: dict[str, Any]) -> list[list[list[Hit]]]:
+        """One engine call for the whole group; each request gets its own slice, cut to its own k."""
+        self.batches += 1
+        queries = [q for r in group for q in r.queries]
+        exclude = [e for r in group for e in (r.exclude or [[] for _ in r.queries])]
+        hits = self.engine.query_batch(queries, max(r.k for r in group), where=where,
+                                       exclude=exclude if any(exclude) else None, **options)
+        results, start = [], 0
+        for request in group:
+            results.append([ranked[:request.k] for ranked in hits[start:start + len(request.queries)]])
+            start += len(request.queries)
+        return results
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)

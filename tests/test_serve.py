@@ -1,0 +1,184 @@
+"""One warm engine behind three faces: `open_index(...).query` from Python, `ragcli index query` (one query
+or a batch file) from the shell, and `ragcli serve` over HTTP return the same hits for every family."""
+
+import asyncio
+import json
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from helpers import run
+from indexes import BuildRequest, UserError, build_index, open_index
+from indexes.http import create_app
+from recsys.synthetic import item_table, markov_interactions, write_recbole
+from vision.synthetic import make_conditional, write_conditional
+
+QUESTION = "Can a minor cancel a contract made without a guardian's consent?"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def built(home, tmp_path_factory):
+    """A statute, an item and an image index, named under one $RAGCLI_HOME."""
+    root = tmp_path_factory.mktemp("data")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAGCLI_HOME", str(home))
+    recsys_data = write_recbole(root / "recsys", "sample", markov_interactions(80, 20, seed=5), item_table(20))
+    model = root / "sasrec"
+    assert run("train", "sasrec", "--data", recsys_data, "--out", model, "--epochs", 2, "--maxlen", 8, "--hidden", 16,
+               "--blocks", 1, "--device", "cpu").exit_code == 0
+    write_conditional(make_conditional(n=20, size=32, seed=1), root / "shapes")
+    build_index(BuildRequest(corpus="coliee", device="cpu"), "statutes")
+    build_index(BuildRequest(corpus=str(recsys_data), model=model, device="cpu"), "items")
+    build_index(BuildRequest(corpus="images", images=root / "shapes" / "test.npz", encoder="timm:test_vit",
+                             device="cpu"), "shapes")
+    yield root
+    mp.undo()
+
+
+@pytest.fixture()
+def served(built, home, monkeypatch):
+    monkeypatch.setenv("RAGCLI_HOME", str(home))
+    return {name: open_index(name, device="cpu") for name in ("statutes", "items", "shapes")}
+
+
+def _ids(hits):
+    return [h["id"] if isinstance(h, dict) else h.id for h in hits]
+
+
+def test_python_shell_and_http_return_the_same_hits(served, built):
+    client = TestClient(create_app(served))
+    image = str(built / "query.png")
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(image)
+    for name, args, query in [("statutes", [QUESTION], {"text": QUESTION}),
+                              ("items", ["--history", "3,4,5"], {"history": ["3", "4", "5"]}),
+                              ("shapes", ["--image", image], {"image": image})]:
+        engine = served[name]
+        python = engine.query(next(iter(query.values())), k=4)
+        shell = json.loads(run("index", "query", name, *args, "-k", 4, "--device", "cpu", "--json").stdout)
+        http = client.post(f"/indexes/{name}/query", json={"query": query, "k": 4}).json()["results"][0]["hits"]
+        assert _ids(python) == _ids(shell) == _ids(http) and len(python) == 4, name
+        np.testing.assert_allclose([h.score for h in python], [h["score"] for h in http], rtol=1e-5)
+        batch = engine.query_batch([next(iter(query.values()))] * 2, k=4)
+        assert [_ids(b) for b in batch] == [_ids(python)] * 2
+    with open(image, "rb") as fh:
+        upload = client.post("/indexes/shapes/query/image", files={"image": ("q.png", fh, "image/png")}, data={"k": 4})
+    assert _ids(upload.json()["results"][0]["hits"]) == _ids(served["shapes"].query(image, k=4))
+    first = upload.json()["results"][0]["hits"][0]["id"]
+    png = client.get(f"/indexes/shapes/items/{first}/image")
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+
+
+def test_statute_answers_and_explains_through_the_engine(served):
+    hits = served["statutes"].query(QUESTION, k=3)
+    assert hits[0].id == "5" and hits[0].payload["title"].startswith("Article 5")
+    filtered = served["statutes"].query(QUESTION, k=3, where=("title", "!=", hits[0].payload["title"]))
+    assert hits[0].id not in _ids(filtered) and len(filtered) == 3
+    assert hits[0].id not in _ids(served["statutes"].query(QUESTION, k=3, exclude=[hits[0].id]))
+    with pytest.raises(UserError, match="does not take"):
+        served["statutes"].query(QUESTION, skip_unknown=True)
+    with pytest.raises(UserError, match="empty"):
+        served["statutes"].query("   ")
+
+
+@pytest.mark.parametrize("fmt", ["lines", "tsv", "jsonl"])
+def test_batch_query_files_write_trec_runs(served, tmp_path, fmt):
+    questions = [QUESTION, "Who owns land bought twice?"]
+    file = tmp_path / f"q.{'jsonl' if fmt == 'jsonl' else 'txt'}"
+    file.write_text({"lines": "\n".join(questions),
+                     "tsv": "\n".join(f"q{i}\t{t}" for i, t in enumerate(questions)),
+                     "jsonl": "\n".join(json.dumps({"qid": f"q{i}", "text": t}) for i, t in enumerate(questions))}[fmt] + "\n")
+    out = tmp_path / "run.trec"
+    result = run("index", "query", "statutes", "--queries", file, "--output", out, "--hits", 5, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for line in out.read_text().splitlines()]
+    qids = ["1", "2"] if fmt == "lines" else ["q0", "q1"]
+    assert [line[0] for line in lines] == [qids[0]] * 5 + [qids[1]] * 5
+    assert [line[2] for line in lines[:5]] == _ids(served["statutes"].query(QUESTION, k=5))
+    assert all(line[1] == "Q0" and line[5] == "ragcli" for line in lines) and lines[0][3] == "1"
+
+
+def test_recsys_batch_jsonl_and_bad_query_files(served, tmp_path):
+    file = tmp_path / "h.jsonl"
+    file.write_text('{"qid": "u1", "history": ["3", "4"]}\n{"qid": "u2", "history": [5]}\n')
+    result = run("index", "query", "items", "--queries", file, "-k", 3, "--device", "cpu", "--json")
+    rows = json.loads(result.stdout)
+    assert [r["qid"] for r in rows] == ["u1", "u2"] and _ids(rows[1]["hits"]) == _ids(served["items"].query(["5"], k=3))
+    for content, message in [('{"qid": "u1", "text": "x"}\n', "queried with 'history'"), ("{not json\n", "not JSON"),
+                             ('{"qid": 1, "history": ["3"]}\n{"qid": 1, "history": ["4"]}\n', "repeats a qid"),
+                             ("", "no queries"), ('{"qid": "u", "history": ["3"], "evil": 1}\n', "unknown query fields")]:
+        file.write_text(content)
+        bad = run("index", "query", "items", "--queries", file, "--device", "cpu")
+        assert bad.exit_code == 2 and message in bad.stderr and len(bad.stderr.splitlines()) == 1, content
+
+
+def test_eval_run_agrees_with_eval_coliee(tmp_path):
+    run_file, qrels = tmp_path / "r.run", tmp_path / "gold.qrels"
+    coliee = run("eval", "coliee", "--years", "R02,R03", "--model", "bm25", "--run", run_file, "--json")
+    assert coliee.exit_code == 0, coliee.output
+    assert run("data", "qrels", "--years", "R02,R03", "--out", qrels).exit_code == 0
+    scored = run("eval", "run", run_file, "--qrels", qrels, "--metrics", "SetP,SetR,SetF(beta=4.0)", "--json")
+    assert scored.exit_code == 0, scored.output
+    ours, theirs = json.loads(coliee.stdout)["metrics"], json.loads(scored.stdout)["measures"]
+    assert theirs["SetF(beta=4.0)"] == pytest.approx(ours["F2"], abs=1e-6)  # trec_eval's set_F beta is beta squared
+    assert theirs["SetP"] == pytest.approx(ours["P"], abs=1e-6)
+    assert theirs["SetR"] == pytest.approx(ours["R"], abs=1e-6)
+    bad = run("eval", "run", run_file, "--qrels", qrels, "--metrics", "nDCG@ten")
+    assert bad.exit_code == 2 and len(bad.stderr.splitlines()) == 1
+
+
+def test_http_errors_filters_metrics_and_api_key(served):
+    client = TestClient(create_app(served))
+    assert client.get("/health").json() == {"status": "ok", "indexes": 3}
+    assert {i["name"]: i["family"] for i in client.get("/indexes").json()} == {
+        "statutes": "retrieval", "items": "recsys", "shapes": "vision"}
+    assert client.get("/indexes/statutes").json()["rows"] == 24
+    assert client.get("/indexes/nope").status_code == 404
+    assert client.post("/indexes/nope/query", json={"query": {"text": "x"}}).status_code == 404
+    for body in [{"query": {"text": "x"}, "k": 0}, {"query": {"text": "x"}, "evil": 1}, {}, {"query": {"text": 3.5}}]:
+        response = client.post("/indexes/statutes/query", json=body)
+        assert response.status_code == 422 and "\n" not in response.json()["detail"], body
+    for body in [{"query": {"history": ["nope"]}}, {"query": {"text": "x"}}]:
+        response = client.post("/indexes/items/query", json=body)
+        assert response.status_code == 400 and "\n" not in response.json()["detail"], body
+    sql = {"query": {"text": QUESTION}, "where": ["title", "==", "x' OR 1=1 --"]}
+    assert client.post("/indexes/statutes/query", json=sql).json()["results"][0]["hits"] == []
+    assert client.post("/indexes/statutes/query", json={**sql, "where": "1=1"}).status_code == 400
+    assert 'ragcli_requests_total{index="statutes",status="200"}' in client.get("/metrics").text
+    assert "<title>ragcli search</title>" in client.get("/").text
+
+    locked = TestClient(create_app(served, api_key="s3cret"))
+    assert locked.get("/indexes").status_code == 401 and locked.get("/health").status_code == 200
+    assert locked.get("/indexes", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert locked.get("/indexes", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_concurrent_requests_are_micro_batched_and_each_gets_its_own_answer(served):
+    app = create_app(served, window=0.05)
+    histories = [[str(i), str(i + 1)] for i in range(1, 13)]
+
+    async def ask_all():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            replies = await asyncio.gather(*[client.post("/indexes/items/query", json={"query": {"history": h}, "k": 3})
+                                             for h in histories])
+        return [r.json()["results"][0]["hits"] for r in replies]
+
+    answers = asyncio.run(ask_all())
+    assert [_ids(a) for a in answers] == [_ids(served["items"].query(h, k=3)) for h in histories]
+    assert app.state.batchers["items"].batches < len(histories)
+
+
+def test_the_cli_refuses_options_a_family_does_not_take(tmp_path):
+    for args in (["--corpus", "coliee", "--condition", "x", "--images", tmp_path / "nope"],
+                 ["--corpus", "images", "--data-dir", tmp_path, "--images", tmp_path, "--encoder", "timm:test_vit"]):
+        result = run("index", "build", *args, "--name", "x")
+        assert result.exit_code == 2 and "does not take" in result.stderr, result.output
+    assert run("index", "query", "statutes", "x", "--skip-unknown").exit_code == 2
