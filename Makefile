@@ -20,6 +20,9 @@ install: $(STAMP)
 demo: install
 	$(RAGCLI) index build --corpus coliee --name coliee-sample --overwrite
 	$(RAGCLI) index query coliee-sample "Can a minor cancel a contract made without a guardian's consent?" -k 5
+	$(RAGCLI) data qrels --years R02,R03 --out $(RAGCLI_HOME)/sample.qrels --topics $(RAGCLI_HOME)/sample-topics.tsv
+	$(RAGCLI) index query coliee-sample --queries $(RAGCLI_HOME)/sample-topics.tsv --output $(RAGCLI_HOME)/sample.run --hits 10
+	$(RAGCLI) eval run $(RAGCLI_HOME)/sample.run --qrels $(RAGCLI_HOME)/sample.qrels --metrics "nDCG@10,R@10,AP"
 
 test: install
 	$(PY) -m pytest -q

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from indexes.checks import MAX_BATCH_SIZE, MAX_SEED
 from indexes.errors import UserError
 
 __version__ = "0.1.0"
@@ -108,7 +109,7 @@ def index() -> None:
 @click.option("--name", help="Index name (under $RAGCLI_HOME) or a path (contains '/', or starts with '.' or '~'). Default: the corpus name.")
 @click.option("--overwrite", is_flag=True, help="Replace an index ragcli wrote under that name.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @json_option
 def index_build(corpus: str, name: str | None, overwrite: bool, as_json: bool, **options: Any) -> None:
     """Encode a corpus and write its index (atomically: a failed build leaves nothing behind)."""
@@ -286,7 +287,7 @@ def _cutoffs(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out model directory (one ragcli wrote).")
 @click.option("--loss", type=click.Choice(["ce", "bce", "sampled-ce", "gbce"]), default="ce", show_default=True)
 @click.option("--epochs", type=click.IntRange(1, sasrec_limits.MAX_EPOCHS), default=200, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, sasrec_limits.MAX_BATCH_SIZE), default=128, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=128, show_default=True)
 @click.option("--maxlen", type=click.IntRange(1, sasrec_limits.MAX_MAXLEN), default=50, show_default=True,
               help="Longest history the model reads.")
 @click.option("--hidden", type=click.IntRange(1, sasrec_limits.MAX_HIDDEN), default=64, show_default=True)
@@ -308,7 +309,7 @@ def _cutoffs(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
               help="Drop users with fewer interactions.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue from this checkpoint.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
-@click.option("--seed", type=click.IntRange(0, sasrec_limits.MAX_SEED), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @json_option
 def train_sasrec_command(data: str, fmt: str, out: Path, post_ln: bool, as_json: bool, **options: Any) -> None:
     """Train SASRec on next-item prediction; the best checkpoint (validation NDCG@10) goes to --out."""
@@ -329,7 +330,7 @@ def train_sasrec_command(data: str, fmt: str, out: Path, post_ln: bool, as_json:
 @click.option("--keep-seen", is_flag=True, help="Rank the user's history items too (full protocol).")
 @click.option("--out", type=click.Path(path_type=Path), help="Also write the results as JSON here.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
-@click.option("--seed", type=click.IntRange(0, sasrec_limits.MAX_SEED), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @json_option
 def eval_sasrec_command(as_json: bool, **options: Any) -> None:
     """HR@K, NDCG@K and MRR@K on each user's last item (leave-one-out test)."""
@@ -402,7 +403,7 @@ def _format_coliee(result: dict[str, Any]) -> str:
 
 def _neural_train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options `train paraformer` and `train attentive-cnn` share (ranges from retrieval.checks)."""
-    from retrieval.checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_NEGATIVES, MAX_SEED
+    from retrieval.checks import MAX_EPOCHS, MAX_NEGATIVES
 
     options = [
         click.option("--data-dir", type=click.Path(path_type=Path), help="COLIEE folder. Default: the bundled sample."),
@@ -467,10 +468,8 @@ def train_attentive_cnn(**options: Any) -> None:
 # ---- vision commands ---------------------------------------------------------------------------
 # Upper bounds of the vision options (here, not in vision/: importing it loads torch and timm).
 MAX_IMAGE_SIDE = 4096
-MAX_IMAGE_BATCH = 65_536
 MAX_IMAGE_EPOCHS = 10_000
 MAX_GENERATED_IMAGES = 10_000_000
-MAX_IMAGE_SEED = 2**32 - 1  # what NumPy's seeding accepts
 
 
 @embed.command("images")
@@ -480,7 +479,7 @@ MAX_IMAGE_SEED = 2**32 - 1  # what NumPy's seeding accepts
 @click.option("--pooling", type=click.Choice(["default", "mean", "cls", "gem", "attentive"]), default="default",
               show_default=True, help="default = the model's own pooling.")
 @click.option("--image-size", type=click.IntRange(8, MAX_IMAGE_SIDE), help="Input size (timm encoders). Default: the model's.")
-@click.option("--batch-size", type=click.IntRange(1, MAX_IMAGE_BATCH), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=32, show_default=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help=".npy (matrix) or .npz (embeddings + ids).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @json_option
@@ -498,7 +497,7 @@ def embed_images(images: Path, as_json: bool, **options: Any) -> None:
               help="Images in all (train + test).")
 @click.option("--size", type=click.IntRange(16, MAX_IMAGE_SIDE), default=64, show_default=True, help="Image side in pixels.")
 @click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True)
-@click.option("--seed", type=click.IntRange(0, MAX_IMAGE_SEED), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing directory.")
 @json_option
 def data_make_conditional(out: Path, overwrite: bool, as_json: bool, **options: Any) -> None:
@@ -514,7 +513,7 @@ def data_make_conditional(out: Path, overwrite: bool, as_json: bool, **options: 
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
 @click.option("--unconditional", is_flag=True, help="Train the unconditional baseline (same network and loop, no instruction).")
 @click.option("--epochs", type=click.IntRange(1, MAX_IMAGE_EPOCHS), default=16, show_default=True)
-@click.option("--batch-size", type=click.IntRange(2, MAX_IMAGE_BATCH), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2, MAX_BATCH_SIZE), default=64, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
 @click.option("--image-size", type=click.IntRange(8, MAX_IMAGE_SIDE), default=32, show_default=True)
 @click.option("--patch-size", type=click.IntRange(1, MAX_IMAGE_SIDE), default=8, show_default=True)
@@ -524,7 +523,7 @@ def data_make_conditional(out: Path, overwrite: bool, as_json: bool, **options: 
 @click.option("--text-encoder", default=None, help="Instruction encoder: a sentence-transformers name/path or hf:<CLIP>. Default: all-MiniLM-L6-v2.")
 @click.option("--overwrite", is_flag=True, help="Replace a model ragcli wrote at --out.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
-@click.option("--seed", type=click.IntRange(0, MAX_IMAGE_SEED), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @json_option
 def train_focallens_command(data: str, out: Path, as_json: bool, **options: Any) -> None:
     """Train FocalLens on (image, instruction, answer) triples and save it (safetensors + config)."""
@@ -542,7 +541,7 @@ def train_focallens_command(data: str, out: Path, as_json: bool, **options: Any)
 @click.option("--model", type=click.Path(path_type=Path), help="A FocalLens model directory.")
 @click.option("--condition", "conditions", multiple=True,
               help="FACTOR or FACTOR=INSTRUCTION, repeatable; relevance = same FACTOR value. Default: every factor.")
-@click.option("--batch-size", type=click.IntRange(1, MAX_IMAGE_BATCH), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=64, show_default=True)
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @json_option
 def eval_images(as_json: bool, **options: Any) -> None:

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -180,6 +181,7 @@ class VectorIndex:
                  path: Path | None = None, device: str = "auto", shard: bool = False):
         self._cpu = cpu_index
         self._db = db
+        self._lock = threading.RLock()  # one DuckDB connection, used from server threads too
         self.manifest = manifest
         self.path = path
         self.device = device
@@ -292,7 +294,8 @@ class VectorIndex:
     @property
     def ntotal(self) -> int:
         """Live rows (deleted rows excluded)."""
-        return int(self._db.execute("SELECT count(*) FROM rows").fetchall()[0][0])
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM rows").fetchall()[0][0])
 
     @property
     def encoder(self) -> dict[str, Any]:
@@ -323,7 +326,8 @@ class VectorIndex:
             self._cpu.remove_ids(faiss.IDSelectorBatch(rows))
         except RuntimeError:  # kinds without removal (HNSW): the row stays in FAISS as a tombstone
             self._tombstones = np.union1d(self._tombstones, rows)
-        self._db.execute("DELETE FROM rows WHERE _row IN (SELECT unnest(?))", [rows.tolist()])
+        with self._lock:
+            self._db.execute("DELETE FROM rows WHERE _row IN (SELECT unnest(?))", [rows.tolist()])
         self._after_change()
         return len(rows)
 
@@ -333,9 +337,10 @@ class VectorIndex:
         if frame.width:
             table = table.hstack(frame)
         try:  # union by name: new payload columns widen the table, no column name or type written as SQL
-            self._db.register("_new_rows", table.to_arrow())
-            self._db.execute("CREATE OR REPLACE TABLE rows AS SELECT * FROM rows UNION ALL BY NAME SELECT * FROM _new_rows")
-            self._db.unregister("_new_rows")
+            with self._lock:
+                self._db.register("_new_rows", table.to_arrow())
+                self._db.execute("CREATE OR REPLACE TABLE rows AS SELECT * FROM rows UNION ALL BY NAME SELECT * FROM _new_rows")
+                self._db.unregister("_new_rows")
         except duckdb.Error as err:
             raise UserError(f"payload does not fit the index's columns: {str(err).splitlines()[0]}") from None
         self._cpu.add_with_ids(x, rows)
@@ -349,7 +354,8 @@ class VectorIndex:
     # ---- id bookkeeping -----------------------------------------------------------------------
     def _reload_ids(self) -> None:
         """Rebuild row -> id lookup and the tombstone set from DuckDB and FAISS."""
-        rows, ids = self._db.execute("SELECT _row, id FROM rows ORDER BY _row").fetchnumpy().values()
+        with self._lock:
+            rows, ids = self._db.execute("SELECT _row, id FROM rows ORDER BY _row").fetchnumpy().values()
         # rows still in FAISS but not in DuckDB are tombstones (only IDMap kinds that cannot remove)
         faiss_rows = faiss.vector_to_array(self._cpu.id_map) if hasattr(self._cpu, "id_map") else rows
         self._next_row = int(max(faiss_rows.max(initial=-1), rows.max(initial=-1)) + 1)
@@ -452,16 +458,18 @@ class VectorIndex:
         """Payload columns of the given rows, keyed by row number (one DuckDB query)."""
         if not len(rows):
             return {}
-        cursor = self._db.execute(
-            "SELECT * EXCLUDE (id) FROM rows WHERE _row IN (SELECT unnest(?))", [np.asarray(rows).tolist()])
-        columns = [d[0] for d in cursor.description]
-        return {row[0]: dict(zip(columns[1:], row[1:])) for row in cursor.fetchall()}
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT * EXCLUDE (id) FROM rows WHERE _row IN (SELECT unnest(?))", [np.asarray(rows).tolist()])
+            columns, found = [d[0] for d in cursor.description], cursor.fetchall()
+        return {row[0]: dict(zip(columns[1:], row[1:])) for row in found}
 
     def rows_where(self, where: Any) -> np.ndarray:
         """Rows whose payload passes the structured filter (compiled to a parameterised query)."""
         predicate, params = compile_filter(where, self._payload_columns())
         try:
-            found = self._db.execute(f"SELECT _row FROM rows WHERE {predicate}", params).fetchnumpy()
+            with self._lock:
+                found = self._db.execute(f"SELECT _row FROM rows WHERE {predicate}", params).fetchnumpy()
         except duckdb.Error as err:
             raise UserError(f"bad filter {where!r}: {str(err).splitlines()[0]}") from None
         return found["_row"].astype(np.int64)
@@ -490,7 +498,8 @@ class VectorIndex:
         own = self.path is not None and path.exists() and self.path == path.resolve()
         with atomic_dir(path, "index", overwrite or own) as tmp:
             faiss.write_index(self._cpu, str(tmp / FAISS_FILE))
-            table = self._db.sql("SELECT * FROM rows").to_arrow_table()
+            with self._lock:
+                table = self._db.sql("SELECT * FROM rows").to_arrow_table()
             with duckdb.connect(str(tmp / PAYLOAD_FILE), config=LOCKED_DUCKDB) as dst:
                 dst.register("_rows", table)
                 dst.execute("CREATE TABLE rows AS SELECT * FROM _rows")
@@ -510,7 +519,8 @@ class VectorIndex:
                 "payload_columns": self._payload_columns()}
 
     def _payload_columns(self) -> list[str]:
-        cols = [r[0] for r in self._db.execute("DESCRIBE rows").fetchall()]
+        with self._lock:
+            cols = [r[0] for r in self._db.execute("DESCRIBE rows").fetchall()]
         return [c for c in cols if c not in RESERVED_COLUMNS]
 
 

@@ -1,4 +1,4 @@
-"""Run-time helpers every family shares: device choice, seeding, progress bars, checkpoint loading."""
+"""Run-time helpers every family shares: device choice, seeding, progress bars, strict checkpoint loading."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import contextlib
 import io
 import os
 import random
+import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -17,6 +19,8 @@ from indexes.errors import UserError
 T = TypeVar("T")
 M = TypeVar("M")
 DEVICES = ("auto", "cpu", "cuda")
+MAX_DETAIL = 300  # characters of a loading error kept in its one-line message
+KEYS_SHOWN = 3  # tensor names shown per kind of mismatch
 _progress_enabled = True
 
 
@@ -78,10 +82,46 @@ def load_pretrained(cls: type[M], path: str | os.PathLike, **kwargs) -> M:
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
     except (TypeError, ValueError, RuntimeError, KeyError, OSError, SafetensorError) as err:
-        message = " ".join(str(err).split()) or type(err).__name__  # strict loading names the keys on later lines
-        raise UserError(f"{path} is not a valid {cls.__name__} checkpoint: {message[:300]}") from None
+        raise UserError(f"{path} is not a valid {cls.__name__} checkpoint: {error_line(err)}") from None
     require_finite_parameters(model, path)
     return model
+
+
+def load_weights(model, file: str | os.PathLike, where: str | os.PathLike) -> None:
+    """Load a safetensors file into every tensor of `model` (a torch module), strictly: none missing, none
+    left over, every shape right; refuses non-finite weights. For models that are not hub-mixin ones."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    from indexes.files import regular_file
+
+    try:
+        load_model(model, str(regular_file(file, "weights file")), strict=True)
+    except (OSError, SafetensorError) as err:
+        raise UserError(f"{where}: cannot read {Path(file).name}: {error_line(err)}") from None
+    except RuntimeError as err:
+        raise UserError(f"{where}: {Path(file).name} does not fit the model: {error_line(err)}") from None
+    require_finite_parameters(model, where)
+
+
+def error_line(err: BaseException) -> str:
+    """One line from an exception. torch's and safetensors' "Error(s) in loading state_dict" put the
+    missing, unexpected and misshapen tensors on the following lines: those are kept, a few names each."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = ["; ".join(_few_keys(line) for line in lines[1:])]
+    detail = lines[0] if lines else type(err).__name__
+    return detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL - 3] + "..."
+
+
+def _few_keys(line: str, keep: int = KEYS_SHOWN) -> str:
+    """'Missing key(s) in state_dict: "a", "b", ...' -> its first `keep` names and how many more."""
+    head, _, rest = line.partition(": ")
+    names = re.findall(r'"([^"]*)"', rest)
+    if "key(s)" not in head or not names:
+        return line
+    more = f" (+{len(names) - keep} more)" if len(names) > keep else ""
+    return f"{head}: {', '.join(names[:keep])}{more}"
 
 
 def require_finite_parameters(model, where: str | os.PathLike) -> None:

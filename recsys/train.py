@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import pickle
 import resource
@@ -23,11 +22,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from indexes import UserError
+from indexes.checks import MAX_BATCH_SIZE, MAX_SEED, choice, integer, number
 from indexes.files import atomic_dir, check_output, output_lock, regular_file
 from indexes.metrics import require_finite
 from indexes.runtime import progress, resolve_device, seed_everything
-from recsys.checks import (ARCHITECTURE, MAX_BATCH_SIZE, MAX_COUNT, MAX_EPOCHS, MAX_NEGATIVES, MAX_SEED,
-                           check_architecture, integer)
+from recsys.checks import ARCHITECTURE, MAX_COUNT, MAX_EPOCHS, MAX_NEGATIVES, check_architecture
 from recsys.data import EvalCase, LeaveOneOut, Sequences, load_sequences
 from recsys.evaluate import evaluate
 from recsys.losses import LOSSES, sequence_loss
@@ -63,21 +62,19 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Types and ranges of every setting (the CLI's option ranges): a UserError naming the bad one."""
-        if self.loss not in LOSSES:
-            raise UserError(f"unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
         counts = {"epochs": (1, MAX_EPOCHS), "batch_size": (1, MAX_BATCH_SIZE), "patience": (1, MAX_EPOCHS),
                   "eval_every": (1, MAX_EPOCHS), "n_negatives": (1, MAX_NEGATIVES), "k_core": (0, MAX_COUNT),
                   "min_len": (1, MAX_COUNT), "seed": (0, MAX_SEED)}
         try:
+            choice("loss", self.loss, LOSSES)
             for name, (low, high) in counts.items():
                 integer(name, getattr(self, name), low, high)
             check_architecture(1, **{name: getattr(self, name) for name in ARCHITECTURE})
-        except ValueError as err:
+            number("lr", self.lr, 0, low_open=True)
+            number("weight_decay", self.weight_decay, 0)
+            number("gbce_t", self.gbce_t, 0, 1)
+        except UserError as err:
             raise UserError(f"invalid training settings: {err}") from None
-        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UserError("invalid training settings: lr must be a finite number > 0, weight_decay >= 0")
-        if not 0 <= self.gbce_t <= 1:
-            raise UserError(f"invalid training settings: gbce_t must be in [0, 1], got {self.gbce_t}")
 
 
 def _distributed() -> tuple[int, int]:

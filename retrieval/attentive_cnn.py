@@ -18,9 +18,10 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from indexes.checks import integer, number
 from indexes.errors import UserError
 from indexes.files import read_json
-from retrieval.checks import MAX_EMBEDDING_PARAMETERS, MAX_VOCAB, fraction, integer
+from retrieval.checks import MAX_EMBEDDING_PARAMETERS, MAX_VOCAB, MAX_WIDTH
 from retrieval.coliee import Article
 from retrieval.sparsemax import sparsemax
 from retrieval.training import Features
@@ -106,15 +107,17 @@ class AttentiveCNN(nn.Module, PyTorchModelHubMixin):
                  attention_dim: int = 64, dropout: float = 0.1, max_sentences: int = 16, max_words: int = 64) -> None:
         """Settings are validated: they come from a checkpoint's config.json, which may be anything."""
         super().__init__()
-        vocab_size, embed_dim = integer("vocab_size", vocab_size, 2, MAX_VOCAB), integer("embed_dim", embed_dim)
-        filters, attention_dim = integer("filters", filters), integer("attention_dim", attention_dim)
-        kernel, dropout = integer("kernel", kernel, 1, 31), fraction("dropout", dropout)
+        vocab_size, kernel = integer("vocab_size", vocab_size, 2, MAX_VOCAB), integer("kernel", kernel, 1, 31)
+        embed_dim, filters, attention_dim, max_sentences, max_words = (
+            integer(name, value, 1, MAX_WIDTH) for name, value in (
+                ("embed_dim", embed_dim), ("filters", filters), ("attention_dim", attention_dim),
+                ("max_sentences", max_sentences), ("max_words", max_words)))
+        dropout = number("dropout", dropout, 0, 1, high_open=True)
         if kernel % 2 == 0:
             raise UserError(f"kernel must be odd (the convolution keeps the sentence length), got {kernel}")
         if vocab_size * embed_dim > MAX_EMBEDDING_PARAMETERS:
             raise UserError(f"vocab_size x embed_dim = {vocab_size * embed_dim} word-embedding weights is too many "
                             f"(at most {MAX_EMBEDDING_PARAMETERS})")
-        max_sentences, max_words = integer("max_sentences", max_sentences), integer("max_words", max_words)
         self.max_sentences, self.max_words = max_sentences, max_words
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.conv = nn.Conv1d(embed_dim, filters, kernel, padding=kernel // 2)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from retrieval.text_encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
+from indexes.text_encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
 
 
 def encode_texts(texts: Sequence[str], encoder: str | None = None, device: str = "cpu", batch_size: int = 32) -> np.ndarray:

@@ -20,16 +20,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from indexes.checks import integer
 from indexes.errors import UserError
 from indexes.files import atomic_dir, atomic_write_text, check_output, inside, read_json, regular_file
 from indexes.runtime import load_pretrained, resolve_device, seed_everything
+from indexes.text_encoder import DEFAULT_TEXT_ENCODER
 from retrieval.attentive_cnn import AttentiveCNN, TokenFeaturizer, Vocab
 from retrieval.bm25 import BM25Retriever
-from retrieval.checks import MAX_EPOCHS, integer
+from retrieval.checks import MAX_EPOCHS
 from retrieval.coliee import Article, Query, load_coliee, parse_years
 from retrieval.dense import DenseRetriever
 from retrieval.paraformer import Paraformer, SentenceFeaturizer, article_lines, finetune_encoder
-from retrieval.text_encoder import DEFAULT_TEXT_ENCODER
 from retrieval.training import Features, Split, TrainConfig, fit, hard_negative_pool, score_matrix
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"paraformer": Paraformer, "attentive-cnn": AttentiveCNN}

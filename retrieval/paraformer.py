@@ -21,12 +21,12 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.nn import functional as F
 
-from indexes.errors import UserError
+from indexes.checks import boolean, integer, number, text
 from indexes.runtime import progress
-from retrieval.checks import fraction, integer
+from indexes.text_encoder import load_text_encoder, open_text_encoder
+from retrieval.checks import MAX_WIDTH
 from retrieval.coliee import Article
 from retrieval.sparsemax import sparsemax
-from retrieval.text_encoder import load_text_encoder, open_text_encoder
 from retrieval.training import Features, stop_if_diverged
 
 
@@ -39,12 +39,10 @@ class Paraformer(nn.Module, PyTorchModelHubMixin):
                  encoder: str = "all-MiniLM-L6-v2", finetuned_encoder: bool = False) -> None:
         """Settings are validated: they come from a checkpoint's config.json, which may be anything."""
         super().__init__()
-        dim, hidden, dropout = integer("dim", dim), integer("hidden", hidden), fraction("dropout", dropout)
-        if not isinstance(encoder, str) or not encoder.strip():
-            raise UserError(f"encoder must be a sentence encoder name or path, got {encoder!r}")
-        if not isinstance(finetuned_encoder, bool):
-            raise UserError(f"finetuned_encoder must be true or false, got {finetuned_encoder!r}")
-        self.encoder, self.finetuned_encoder = encoder, finetuned_encoder
+        dim, hidden = integer("dim", dim, 1, MAX_WIDTH), integer("hidden", hidden, 1, MAX_WIDTH)
+        dropout = number("dropout", dropout, 0, 1, high_open=True)
+        self.encoder = text("encoder", encoder, "a sentence encoder name or path")
+        self.finetuned_encoder = boolean("finetuned_encoder", finetuned_encoder)
         self.query_proj = nn.Linear(dim, hidden)
         self.key_proj = nn.Linear(dim, hidden)
         self.classifier = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))

@@ -22,13 +22,13 @@ from indexes.engine import Engine, Query
 from indexes.files import inside, read_json
 from indexes.registry import Family, register_family
 from indexes.runtime import resolve_device
+from indexes.text_encoder import DEFAULT_TEXT_ENCODER
 from retrieval.base import checked_scores, top_k
 from retrieval.bm25 import BM25Retriever
 from retrieval.coliee import Article, load_coliee
 from retrieval.dense import encode_texts
 from retrieval.fusion import HybridRetriever
 from retrieval.models import NeuralRetriever, ParaformerRetriever, load_retriever
-from retrieval.text_encoder import DEFAULT_TEXT_ENCODER
 
 BM25_DIR, MODEL_DIR, ARTICLES_FILE, FEATURES_FILE = "bm25", "model", "articles.json", "article_features.safetensors"
 

@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from indexes.checks import MAX_BATCH_SIZE, MAX_SEED, integer, number
 from indexes.errors import UserError
 from indexes.metrics import recall_at_k, require_finite
 from indexes.runtime import progress, resolve_device
 from retrieval.base import top_k
-from retrieval.checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_NEGATIVES, MAX_RANK, MAX_SEED, finite, fraction, integer
+from retrieval.checks import MAX_EPOCHS, MAX_NEGATIVES, MAX_RANK
 
 
 @dataclass
@@ -77,9 +78,9 @@ class TrainConfig:
         integer("pool_size", self.pool_size, 0, MAX_RANK)
         integer("recall_k", self.recall_k, 1, MAX_RANK)
         integer("seed", self.seed, 0, MAX_SEED)
-        finite("lr", self.lr, positive=True)
-        finite("weight_decay", self.weight_decay)
-        fraction("hard_fraction", self.hard_fraction, closed=True)
+        number("lr", self.lr, 0, low_open=True)
+        number("weight_decay", self.weight_decay, 0)
+        number("hard_fraction", self.hard_fraction, 0, 1)
 
 
 @dataclass

@@ -155,7 +155,7 @@ def test_config_blocks_is_checked(model_copy, blocks):
     ({"n_items": 1 << 29, "hidden": 8}, "embedding parameters"),
 ])
 def test_the_constructor_validates_types_and_ranges(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         SASRec(**{"n_items": N_ITEMS, "maxlen": 8, "hidden": 8, **kwargs})
 
 

@@ -12,20 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from retrieval_models_corpus import ARTICLES, QUERIES
 from safetensors.torch import load_file, save_file
 
-from helpers import run
 from indexes.errors import UserError
+from indexes.text_encoder import load_text_encoder
 from retrieval.attentive_cnn import PAD, UNK, AttentiveCNN, Vocab
 from retrieval.coliee import SAMPLE_DIR, load_coliee, parse_years, read_civil_code, read_query_file
 from retrieval.fusion import HybridRetriever
 from retrieval.models import load_retriever
 from retrieval.paraformer import Paraformer
-from retrieval.text_encoder import load_text_encoder
 from retrieval.training import Features, Split, TrainConfig, fit
-from retrieval_models_corpus import ARTICLES, QUERIES
 
 PAIR = '<pair id="R01-1-A"><t1>Article 5\nA minor.</t1><t2>Can a minor contract?</t2></pair>'
 

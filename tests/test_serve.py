@@ -3,6 +3,8 @@ or a batch file) from the shell, and `ragcli serve` over HTTP return the same hi
 
 import asyncio
 import json
+import shutil
+import time
 
 import httpx
 import numpy as np
@@ -39,6 +41,7 @@ def built(home, tmp_path_factory):
     build_index(BuildRequest(corpus=str(recsys_data), model=model, device="cpu"), "items")
     build_index(BuildRequest(corpus="images", images=root / "shapes" / "test.npz", encoder="timm:test_vit",
                              device="cpu"), "shapes")
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(root / "query.png")
     yield root
     mp.undo()
 
@@ -56,7 +59,6 @@ def _ids(hits):
 def test_python_shell_and_http_return_the_same_hits(served, built):
     client = TestClient(create_app(served))
     image = str(built / "query.png")
-    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(image)
     for name, args, query in [("statutes", [QUESTION], {"text": QUESTION}),
                               ("items", ["--history", "3,4,5"], {"history": ["3", "4", "5"]}),
                               ("shapes", ["--image", image], {"image": image})]:
@@ -182,3 +184,70 @@ def test_the_cli_refuses_options_a_family_does_not_take(tmp_path):
         result = run("index", "build", *args, "--name", "x")
         assert result.exit_code == 2 and "does not take" in result.stderr, result.output
     assert run("index", "query", "statutes", "x", "--skip-unknown").exit_code == 2
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture()
+def live_server(served):
+    """The app on a free loopback port, in a thread."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+def test_search_page_in_a_real_browser(live_server, built, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    wait = WebDriverWait(driver, 30)
+
+    def search(index: str, fill) -> list:
+        Select(driver.find_element(By.ID, "index")).select_by_value(index)
+        driver.execute_script("document.getElementById('results').innerHTML = ''")
+        fill()
+        driver.find_element(By.ID, "go").click()
+        return wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .hit"))
+
+    try:
+        driver.get(live_server)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#index option")) == 3)
+        text = driver.find_element(By.ID, "text")
+        hits = search("statutes", lambda: (text.clear(), text.send_keys(QUESTION)))
+        assert "Article 5" in hits[0].text and len(hits) == 10
+        hits = search("items", lambda: (text.clear(), text.send_keys("3, 4, 5")))
+        assert [h.find_element(By.TAG_NAME, "strong").text for h in hits] == _ids(
+            TestClient(create_app({"items": open_index("items", device="cpu")})).post(
+                "/indexes/items/query", json={"query": {"history": ["3", "4", "5"]}}).json()["results"][0]["hits"])
+        hits = search("shapes", lambda: driver.find_element(By.ID, "image").send_keys(str(built / "query.png")))
+        assert len(hits) == 4  # every test image
+        wait.until(lambda d: all(d.execute_script("return arguments[0].naturalWidth", img) > 0
+                                 for img in d.find_elements(By.CSS_SELECTOR, "#results img")))
+        driver.save_screenshot(str(tmp_path / "search-page.png"))
+        assert (tmp_path / "search-page.png").stat().st_size > 1000
+    finally:
+        driver.quit()

@@ -216,7 +216,7 @@ def test_cli_errors_exit_2_and_write_nothing(tmp_path):
 def test_clip_text_tower_encodes_instructions(tmp_path):
     from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModelWithProjection
 
-    from retrieval.text_encoder import text_encoder_path
+    from indexes.text_encoder import text_encoder_path
     from vision.focallens import TextTower
 
     tokenizer = AutoTokenizer.from_pretrained(text_encoder_path())  # any tokenizer will do for a random tower

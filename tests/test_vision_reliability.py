@@ -377,7 +377,7 @@ def lens_dir(tmp_path):
     (lambda p: _edit_config(p, patch_size=5), "patch_size 5 must divide image_size 32"),
     (lambda p: _edit_config(p, embed_dim=10**9), "embed_dim must be an integer"),
     (lambda p: _edit_config(p, num_heads=3), "num_heads 3 must divide embed_dim 32"),
-    (lambda p: _edit_config(p, conv_stem="yes"), "conv_stem must be one of"),
+    (lambda p: _edit_config(p, conv_stem="yes"), "conv_stem must be true or false"),
     (lambda p: _edit_config(p, temperature=0), "temperature must be a number"),
     (lambda p: _edit_config(p, mlp_ratio=float("nan")), "mlp_ratio must be a number"),
     (lambda p: _edit_config(p, std=[0.5, 0.5]), "std must be 3 numbers"),
@@ -501,7 +501,7 @@ def test_bad_data_directories_and_splits_are_user_errors(tmp_path, bench_dir):
 @pytest.mark.parametrize("spec", ["hf:{tmp}/no-such-clip", "hf:openai/clip-vit-base-patch32", "hf:{minilm}"],
                          ids=["missing-dir", "hub-id-offline", "not-clip"])
 def test_unknown_clip_text_encoders_fail_fast_offline(tmp_path, bench_dir, spec):
-    from retrieval.text_encoder import text_encoder_path
+    from indexes.text_encoder import text_encoder_path
 
     spec = spec.format(tmp=tmp_path, minilm=text_encoder_path())
     line = _one_error_line(_train(bench_dir, tmp_path / "lens", "--text-encoder", spec))

@@ -10,11 +10,13 @@ error, not a random model), and an encoder left with random weights says so on s
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 import torch
 from PIL import Image
@@ -23,12 +25,11 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 import vision.backbones  # noqa: F401  (registers this project's models with timm)
+from indexes.checks import choice, integer, text
 from indexes.errors import UserError
 from indexes.files import read_json
-from indexes.runtime import progress, require_finite_parameters, resolve_device
+from indexes.runtime import error_line, load_weights, progress, require_finite_parameters, resolve_device
 from vision.backbones import apply_evit
-from vision.checkpoints import (announce_random_weights, check_choice, check_int, error_line, load_weights,
-                                quiet_transformers)
 from vision.pooling import POOLINGS, create_pooling
 
 FORMAT = "ragcli.image-encoder/1"
@@ -205,7 +206,7 @@ def create_encoder(spec: str, weights: str | Path | None = None, pooling: str = 
         return ImageEncoder.from_pretrained(spec)
     kind, source = parse_spec(spec)
     if image_size is not None:
-        check_int(image_size, "image size", 8, MAX_IMAGE_SIZE)
+        integer("image size", image_size, 8, MAX_IMAGE_SIZE)
     backbone = _BUILDERS[kind](source, weights, image_size, dict(model_kwargs))
     random_weights = weights is None and (kind == "timm" or not _hf_has_weights(source))
     return ImageEncoder(backbone, f"{kind}:{source}", pooling, image_size, model_kwargs, random_weights)
@@ -235,14 +236,13 @@ def read_encoder_config(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise UserError(f"{path} is not a saved ragcli image encoder (no config.json with format {FORMAT})")
     where = f"{path / 'config.json'}:"
-    if not isinstance(config.get("spec"), str) or not config["spec"].strip():
-        raise UserError(f"{where} spec must be an encoder spec string, got {config.get('spec')!r}")
-    check_choice(config.get("pooling"), f"{where} pooling", ("default", *POOLINGS))
+    text(f"{where} spec", config.get("spec"), "an encoder spec string")
+    choice(f"{where} pooling", config.get("pooling"), ("default", *POOLINGS))
     if config.get("image_size") is not None:
-        check_int(config["image_size"], f"{where} image_size", 8, MAX_IMAGE_SIZE)
+        integer(f"{where} image_size", config["image_size"], 8, MAX_IMAGE_SIZE)
     if not isinstance(config.get("model_kwargs"), dict):
         raise UserError(f"{where} model_kwargs must be an object, got {config.get('model_kwargs')!r}")
-    check_int(config.get("dim"), f"{where} dim", 1, 1 << 20)
+    integer(f"{where} dim", config.get("dim"), 1, 1 << 20)
     return config
 
 
@@ -339,3 +339,25 @@ def _hf_has_weights(source: str) -> bool:
 
 
 _BUILDERS = {"timm": _build_timm, "hf": _build_hf}
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Keep transformers' loading reports (missing / unexpected tensor tables, progress bars) off the
+    terminal: ragcli turns a mismatch into its own one-line error."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def announce_random_weights(spec: str) -> None:
+    """Say on stderr (one line, whichever command embeds) that an encoder's embeddings come from random weights."""
+    click.echo(f"warning: {spec} has random weights (no --weights given); its embeddings are not meaningful", err=True)

@@ -24,13 +24,13 @@ from safetensors.torch import load_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from indexes.checks import boolean, integer, number, text
 from indexes.errors import UserError
 from indexes.files import regular_file
-from indexes.runtime import load_pretrained, progress, resolve_device
-from retrieval.text_encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
-from vision.checkpoints import check_choice, check_float, check_int, error_line, quiet_transformers
+from indexes.runtime import error_line, load_pretrained, progress, resolve_device
+from indexes.text_encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
+from vision.encoders import MAX_IMAGE_SIZE, quiet_transformers
 
-MAX_IMAGE_SIZE = 4096
 MAX_PATCHES = 16_384  # (image_size / patch_size) ** 2: position embeddings and attention grow with it
 
 
@@ -249,26 +249,25 @@ def _check_settings(image_size: int, patch_size: int, embed_dim: int, depth: int
                     text_dim: int, condition_tokens: int, conv_stem: bool, temperature: float, conditional: bool,
                     text_encoder: str, mean: Sequence[float], std: Sequence[float]) -> None:
     """Types and ranges of FocalLens's settings (from a caller or a config.json), before any tensor is made."""
-    check_int(image_size, "FocalLens image_size", 8, MAX_IMAGE_SIZE)
-    check_int(patch_size, "FocalLens patch_size", 1, image_size)
+    integer("FocalLens image_size", image_size, 8, MAX_IMAGE_SIZE)
+    integer("FocalLens patch_size", patch_size, 1, image_size)
     if image_size % patch_size or (image_size // patch_size) ** 2 > MAX_PATCHES:
         raise UserError(f"FocalLens patch_size {patch_size} must divide image_size {image_size} into at most "
                         f"{MAX_PATCHES} patches")
-    check_int(embed_dim, "FocalLens embed_dim", 8, 4096)
-    check_int(depth, "FocalLens depth", 1, 64)
-    check_int(num_heads, "FocalLens num_heads", 1, 64)
+    integer("FocalLens embed_dim", embed_dim, 8, 4096)
+    integer("FocalLens depth", depth, 1, 64)
+    integer("FocalLens num_heads", num_heads, 1, 64)
     if embed_dim % num_heads:
         raise UserError(f"FocalLens num_heads {num_heads} must divide embed_dim {embed_dim}")
-    check_float(mlp_ratio, "FocalLens mlp_ratio", 0, 16, open_low=True)
-    check_int(text_dim, "FocalLens text_dim", 1, 8192)
-    check_int(condition_tokens, "FocalLens condition_tokens", 1, 64)
-    check_choice(conv_stem, "FocalLens conv_stem", (True, False))
-    check_float(temperature, "FocalLens temperature", 0, 1, open_low=True)
-    check_choice(conditional, "FocalLens conditional", (True, False))
-    if not isinstance(text_encoder, str) or not text_encoder.strip():
-        raise UserError(f"FocalLens text_encoder must be a model name or path, got {text_encoder!r}")
+    number("FocalLens mlp_ratio", mlp_ratio, 0, 16, low_open=True)
+    integer("FocalLens text_dim", text_dim, 1, 8192)
+    integer("FocalLens condition_tokens", condition_tokens, 1, 64)
+    boolean("FocalLens conv_stem", conv_stem)
+    number("FocalLens temperature", temperature, 0, 1, low_open=True)
+    boolean("FocalLens conditional", conditional)
+    text("FocalLens text_encoder", text_encoder, "a model name or path")
     for name, values in (("mean", mean), ("std", std)):
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 3:
             raise UserError(f"FocalLens {name} must be 3 numbers (R, G, B), got {values!r}")
         for value in values:
-            check_float(value, f"FocalLens {name}", 0, 1, open_low=name == "std")
+            number(f"FocalLens {name}", value, 0, 1, low_open=name == "std")

@@ -73,7 +73,7 @@ def build_index(request: BuildRequest, out: Path) -> VectorIndex:
         raise UserError("--condition needs a FocalLens --model; an --encoder embeds images unconditionally")
     corpus = load_images(request.images)
     vectors = _embed(encoder, corpus.images, condition, request.device)
-    source = Path(request.images).resolve()
+    source = Path(request.images).absolute()  # not resolved: a dataset published as a symlink moves
     index = VectorIndex.build(
         vectors, corpus.ids, _payload(corpus, source), kind=request.kind, metric=request.metric or "cosine",
         device=request.device, encoder={"family": "vision", **encoder.describe(), "kind": kind, "condition": condition,
@@ -137,7 +137,7 @@ def _payload(corpus: ImageSet, source: Path) -> pl.DataFrame:
     if labels.width:
         labels = labels.with_columns(caption=pl.concat_str(pl.all().cast(pl.Utf8), separator=", ", ignore_nulls=True))
     if corpus.paths is not None:
-        return labels.with_columns(path=pl.Series([str(p.resolve()) for p in corpus.paths]))
+        return labels.with_columns(path=pl.Series([str(p.absolute()) for p in corpus.paths]))
     return labels.with_columns(path=pl.lit(str(source)), row=pl.Series(range(len(corpus)), dtype=pl.Int64))
 
 

@@ -20,9 +20,9 @@ from indexes import metrics
 from indexes.errors import UserError
 from indexes.files import atomic_dir, check_output
 from indexes.runtime import progress, require_finite_parameters, resolve_device, seed_everything
-from retrieval.text_encoder import DEFAULT_TEXT_ENCODER
-from vision.focallens import FocalLens, text_tower
+from indexes.text_encoder import DEFAULT_TEXT_ENCODER
 from vision.datasets import check_memory
+from vision.focallens import FocalLens, text_tower
 from vision.synthetic import ConditionalSet, load_split
 
 
