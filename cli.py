@@ -601,8 +601,9 @@ def data_qrels(corpus: str, data_dir: Path | None, years: str, out: Path, topics
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Server processes.")
 @click.option("--api-key", envvar="RAGCLI_API_KEY", help="Require 'Authorization: Bearer KEY' (or set RAGCLI_API_KEY).")
-@click.option("--batch-window-ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True,
-              help="How long concurrent queries are gathered into one encoder pass.")
+@click.option("--batch-window-ms", type=click.FloatRange(0, 1000), default=0.0, show_default=True,
+              help="Extra time an idle index waits to gather queries into one encoder pass (requests "
+                   "arriving while it is busy are batched anyway).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 def serve_command(names: tuple[str, ...], host: str, port: int, workers: int, api_key: str | None,
                   batch_window_ms: float, device: str) -> None:

@@ -122,8 +122,9 @@ def peak_rss_mb(pid: int) -> float:
 
 def serve_run(args: argparse.Namespace) -> dict:
     env = {**os.environ, "RAGCLI_HOME": str(HOME), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
+    log = open(OUT / "serve-bench-server.log", "w")  # noqa: SIM115 - closed with the server
     server = subprocess.Popen([*RAGCLI, "serve", "coliee", "games", "shapes", "--port", str(args.port), "--device", "cpu"],
-                              env=env, stderr=subprocess.PIPE, text=True)
+                              env=env, stderr=log)
     try:
         import httpx
 
@@ -147,6 +148,7 @@ def serve_run(args: argparse.Namespace) -> dict:
     finally:
         server.terminate()
         server.wait(30)
+        log.close()
 
 
 def in_process(args: argparse.Namespace) -> dict:
@@ -155,7 +157,9 @@ def in_process(args: argparse.Namespace) -> dict:
     import torch
 
     from indexes import open_index
+    from indexes.runtime import set_progress
 
+    set_progress(False)
     torch.set_num_threads(args.threads)
     results = {}
     for name, bodies in workloads().items():

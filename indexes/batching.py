@@ -1,6 +1,7 @@
-"""Dynamic micro-batching: concurrent requests for one engine are gathered for a short window and answered
-with one `query_batch` call (one encoder pass), so throughput grows with load instead of queueing one
-encoder call per request. Engine calls run on one worker thread per engine, never two at once."""
+"""Dynamic micro-batching: requests for one engine that arrive while it is busy are answered together by
+its next `query_batch` call (one encoder pass), so throughput grows with load instead of queueing one
+encoder call per request, and a lone request never waits. Engine calls run on one worker thread per
+engine, never two at once."""
 
 from __future__ import annotations
 
@@ -24,15 +25,17 @@ class _Request:
 
 
 class MicroBatcher:
-    """Collects requests for `window` seconds (or until `max_batch` queries) and answers them together.
-    Requests with different filters or options are answered in separate engine calls."""
+    """Answers requests in batches of up to `max_batch` queries: an idle engine starts on a request at
+    once (after `window` seconds, if given, to gather more); requests arriving meanwhile form the next
+    batch. Requests with different filters or options go to separate engine calls."""
 
-    def __init__(self, engine: Engine, window: float = 0.002, max_batch: int = 64):
+    def __init__(self, engine: Engine, window: float = 0.0, max_batch: int = 64):
         self.engine = engine
         self.window = window
         self.max_batch = max_batch
         self._pending: dict[str, list[_Request]] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._options: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._draining = False
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{engine.name}")
         self.batches = 0  # engine calls made (for tests and /metrics)
 
@@ -45,23 +48,32 @@ class MicroBatcher:
             raise UserError(f"{len(exclude)} exclusion lists for {len(queries)} queries")
         prepared = [self.engine.as_query(q) for q in queries]
         key = json.dumps([where, options], sort_keys=True, default=str)
-        loop = asyncio.get_running_loop()
-        request = _Request(prepared, k, exclude, loop.create_future())
-        group = self._pending.setdefault(key, [])
-        group.append(request)
-        if sum(len(r.queries) for r in group) >= self.max_batch:
-            self._flush(key, where, options)
-        elif key not in self._timers:
-            self._timers[key] = loop.call_later(self.window, self._flush, key, where, options)
+        request = _Request(prepared, k, exclude, asyncio.get_running_loop().create_future())
+        self._pending.setdefault(key, []).append(request)
+        self._options[key] = (where, options)
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain())
         return await request.future
 
-    def _flush(self, key: str, where: Any, options: dict[str, Any]) -> None:
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
-        group = self._pending.pop(key, [])
-        if group:
-            asyncio.get_running_loop().create_task(self._answer(group, where, options))
+    async def _drain(self) -> None:
+        """Answer pending requests batch by batch until none is left."""
+        try:
+            if self.window:
+                await asyncio.sleep(self.window)
+            while self._pending:
+                key = next(iter(self._pending))
+                group, rest, size = [], [], 0
+                for request in self._pending.pop(key):
+                    fits = not group or size + len(request.queries) <= self.max_batch
+                    (group if fits else rest).append(request)
+                    size += len(request.queries) if fits else 0
+                if rest:
+                    self._pending[key] = rest
+                where, options = self._options[key] if rest else self._options.pop(key)
+                await self._answer(group, where, options)
+        finally:
+            self._draining = False
 
     async def _answer(self, group: list[_Request], where: Any, options: dict[str, Any]) -> None:
         loop = asyncio.get_running_loop()

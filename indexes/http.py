@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 import json
 import os
 import secrets
+import sys
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -55,7 +56,7 @@ class QueryRequestIn(BaseModel):
     skip_unknown: bool = False
 
 
-def create_app(engines: dict[str, Engine], api_key: str | None = None, window: float = 0.002,
+def create_app(engines: dict[str, Engine], api_key: str | None = None, window: float = 0.0,
                max_batch: int = 64) -> FastAPI:
     """The HTTP face of `engines` (name -> warm engine); with `api_key`, every endpoint but /health and
     the page needs `Authorization: Bearer <key>`."""
@@ -74,7 +75,7 @@ def create_app(engines: dict[str, Engine], api_key: str | None = None, window: f
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
     app.state.batchers = batchers
 
-    def authorised(authorization: Annotated[str | None, Header()] = None, key: str | None = None) -> None:
+    async def authorised(authorization: Annotated[str | None, Header()] = None, key: str | None = None) -> None:
         """The bearer token, or `?key=` (for <img> tags, which cannot send headers)."""
         given = authorization or (f"Bearer {key}" if key else "")
         if api_key is not None and not secrets.compare_digest(given, f"Bearer {api_key}"):
@@ -92,20 +93,20 @@ def create_app(engines: dict[str, Engine], api_key: str | None = None, window: f
         return JSONResponse({"detail": f"{where}: {first['msg']}" if where else first["msg"]}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> str:
+    async def page() -> str:
         return files("indexes").joinpath("static/search.html").read_text(encoding="utf-8")
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return {"status": "ok", "indexes": len(engines)}
 
     @app.get("/indexes", dependencies=[Depends(authorised)])
-    def list_served() -> list[dict[str, Any]]:
+    async def list_served() -> list[dict[str, Any]]:
         return [{"name": name, "family": e.family, "field": e.field, "rows": e.index.ntotal,
                  "condition": e.index.encoder.get("condition")} for name, e in engines.items()]
 
     @app.get("/indexes/{name}", dependencies=[Depends(authorised)])
-    def manifest(name: str) -> dict[str, Any]:
+    async def manifest(name: str) -> dict[str, Any]:
         return batcher_of(name).engine.info()
 
     async def answer(name: str, queries: list[Any], body: QueryRequestIn) -> dict[str, Any]:
@@ -153,7 +154,7 @@ def create_app(engines: dict[str, Engine], api_key: str | None = None, window: f
         return Response(buffer.getvalue(), media_type="image/png")
 
     @app.get("/metrics", dependencies=[Depends(authorised)])
-    def metrics() -> Response:
+    async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
@@ -179,10 +180,14 @@ def app_from_environment() -> FastAPI:
 
 
 def serve(names: list[str], host: str = "127.0.0.1", port: int = 8000, workers: int = 1, api_key: str | None = None,
-          device: str = "auto", window: float = 0.002, max_batch: int = 64) -> None:
+          device: str = "auto", window: float = 0.0, max_batch: int = 64) -> None:
     """Run the HTTP server until interrupted (each worker process holds its own warm engines)."""
     import uvicorn
 
+    from indexes.runtime import set_progress
+
+    set_progress(False)  # a bar per request would flood the server's stderr
+    sys.setswitchinterval(0.0005)  # the event loop and each engine's thread hand the GIL over per request
     engines = open_engines(names, device)  # fail fast, in this process, on a bad name
     if workers == 1:
         uvicorn.run(create_app(engines, api_key, window, max_batch), host=host, port=port, log_level="warning")

@@ -167,3 +167,17 @@ def test_empty_input_bad_kinds_and_huge_k():
         VectorIndex.build(VECTORS, kind="IVF1000,Flat")
     scores, rows = small_index().search_rows(VECTORS[:1], k=2**31)
     assert scores.shape == (1, 40)
+
+
+def test_a_manifest_cannot_point_a_family_outside_its_index(tmp_path):
+    from indexes import open_index
+
+    (tmp_path / "outside").mkdir()
+    for family in ("recsys", "vision"):
+        small_index().save(tmp_path / family)
+        file = tmp_path / family / "manifest.json"
+        manifest = json.loads(file.read_text())
+        manifest["encoder"] = {"family": family, "model_dir": "../outside"}
+        file.write_text(json.dumps(manifest))
+        with pytest.raises(UserError, match="points outside"):
+            open_index(tmp_path / family, device="cpu")
