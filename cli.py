@@ -102,6 +102,7 @@ def index() -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where the corpus files are.")
 @click.option("--encoder", help="Encoder for the corpus (family-specific; see README).")
 @click.option("--model", type=click.Path(path_type=Path), help="A trained model directory.")
+@click.option("--hybrid", type=click.Path(path_type=Path), help="coliee: a hybrid saved by `eval coliee --save-hybrid`.")
 @click.option("--images", type=click.Path(path_type=Path), help="Image folder (corpus images).")
 @click.option("--condition", help="Instruction for conditional image embeddings (FocalLens).")
 @click.option("--kind", default="flat", show_default=True, help="flat | hnsw | ivf-flat | ivf-pq | a FAISS factory string.")
@@ -377,6 +378,9 @@ def data_stats_command(path: str, fmt: str, as_json: bool) -> None:
 @click.option("--rerank", type=click.Path(path_type=Path), help="hybrid: also fuse this trained model's scores.")
 @click.option("--run", type=click.Path(path_type=Path), help="Write a COLIEE/TREC run file: QID Q0 ARTICLE RANK SCORE RUNID.")
 @click.option("--run-id", help="RUNID column of the run file. Default: the model name.")
+@click.option("--save-hybrid", type=click.Path(path_type=Path),
+              help="hybrid: save the (tuned) weights and selection ratio here, for `index build --hybrid`.")
+@click.option("--overwrite", is_flag=True, help="Replace a hybrid ragcli saved at --save-hybrid.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @json_option
 def eval_coliee(years: str, valid_years: str | None, as_json: bool, **options: Any) -> None:
@@ -398,6 +402,7 @@ def _format_coliee(result: dict[str, Any]) -> str:
         "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.startswith("Recall@")),
         "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("Recall@")),
         *([f"run file {result['run']}"] if "run" in result else []),
+        *([f"hybrid saved to {result['hybrid']}"] if "hybrid" in result else []),
     ])
 
 

@@ -241,21 +241,21 @@ def _fsync_dir(directory: Path) -> None:
 
 
 # ---- single files --------------------------------------------------------------------------------
-def _writable_file(path: str | os.PathLike) -> Path:
+def writable_file(path: str | os.PathLike) -> Path:
     """Where writing `path` lands: through a symlink to its target. An existing target that is not a
     regular file (a directory, device, FIFO or socket) is refused, never replaced."""
     real = expand(path).resolve()
     if real.exists() and not real.is_file():
         raise UserError(f"{path} is not a regular file; refusing to write over it")
     if not real.parent.is_dir():
-        raise UserError(f"cannot write {path}: folder {real.parent} does not exist")
+        raise UserError(f"cannot write {path}: no folder {real.parent}")
     return real
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a file through a temp file and rename, so readers never see half of it (mode from the
     umask, or the replaced file's)."""
-    real = _writable_file(path)
+    real = writable_file(path)
     mode = stat.S_IMODE(real.stat().st_mode) if real.exists() else 0o666 & ~_umask()
     tmp = real.parent / f".{real.name}.tmp-{secrets.token_hex(4)}"
     try:

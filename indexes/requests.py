@@ -14,6 +14,7 @@ class BuildRequest:
     data_dir: Path | None = None
     encoder: str | None = None
     model: Path | None = None
+    hybrid: Path | None = None
     images: Path | None = None
     condition: str | None = None
     kind: str = "flat"

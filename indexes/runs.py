@@ -62,7 +62,7 @@ def _text_query(line: str, number: int, field: str) -> Query:
 def trec_lines(qids: Sequence[str], hits: Sequence[Sequence[Hit]], run_id: str) -> list[str]:
     """`QID Q0 DOCID RANK SCORE RUNID` per hit (the TREC / COLIEE run format)."""
     if not run_id or any(c.isspace() for c in run_id):
-        raise UserError(f"a run id is one word without spaces, got {run_id!r}")
+        raise UserError(f"a run id (--run-id) is one word without spaces, got {run_id!r}")
     return [f"{qid} Q0 {_one_word(hit.id)} {rank} {hit.score:.6f} {run_id}"
             for qid, ranked in zip(qids, hits) for rank, hit in enumerate(ranked, 1)]
 

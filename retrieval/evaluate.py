@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from indexes.errors import UserError
-from indexes.files import atomic_write_text
+from indexes.files import atomic_dir, atomic_write_text, check_output, writable_file
 from indexes.index import Hit
 from indexes.metrics import average_precision, hit_matrix, recall_at_k, set_precision_recall_fbeta
 from indexes.runs import trec_lines, write_qrels
@@ -95,29 +95,29 @@ def tune_on(retriever: Retriever, queries: Sequence[Query]) -> float:
     return tune_ratio(fuse(matrices, retriever.weights), ids, gold)[0]
 
 
-def _check_run_target(run: Path, run_id: str | None) -> None:
-    """Before any work: the run file's folder exists, it is not a FIFO, device or folder, and the run
-    id is one word (a column of the file)."""
-    if not run.parent.is_dir():
-        raise UserError(f"cannot write the run file {run}: no folder {run.parent}")
-    if run.exists() and not run.is_file():
-        raise UserError(f"{run} is not a regular file; refusing to write the run file over it")
-    if run_id is not None and (not run_id or any(c.isspace() for c in run_id)):
-        raise UserError(f"--run-id must be one word without spaces, got {run_id!r}")
-
-
 def evaluate_coliee(data_dir: Path | None, years: Sequence[str], model: str = "hybrid",
                     valid_years: Sequence[str] = (), encoder: str | None = None, rerank: Path | None = None,
-                    device: str = "auto", run: Path | None = None, run_id: str | None = None) -> dict[str, Any]:
+                    device: str = "auto", run: Path | None = None, run_id: str | None = None,
+                    save_hybrid: Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Score the queries of `years`, tuning on `valid_years` if given (else the 0.9 ratio and equal
-    weights); optionally write the run file. Returns the settings and the metrics."""
-    if run is not None:
-        _check_run_target(Path(run), run_id)
+    weights); optionally write the run file, and save the (tuned) hybrid's recipe for
+    `index build --hybrid`. Returns the settings and the metrics."""
+    if run is not None:  # before any work: a writable regular file, and a run id that is one word
+        writable_file(run)
+        trec_lines([], [], run_id or "check")
+    if save_hybrid is not None:
+        if model != "hybrid":
+            raise UserError("--save-hybrid saves the weights of --model hybrid")
+        check_output(save_hybrid, overwrite, "hybrid directory")
     data = load_coliee(data_dir)
     test = data.queries(years)
     valid = data.queries(valid_years) if valid_years else []
     retriever = make_retriever(model, data.articles, encoder, rerank, device)
     ratio = tune_on(retriever, valid) if valid else DEFAULT_RATIO
+    if save_hybrid is not None:
+        retriever.ratio = ratio
+        with atomic_dir(save_hybrid, "model", overwrite) as tmp:
+            retriever.save_pretrained(tmp)
     scores = checked_scores(retriever, [q.text for q in test])
     selected = select(scores, retriever.article_ids, ratio)
     if run is not None:
@@ -128,4 +128,5 @@ def evaluate_coliee(data_dir: Path | None, years: Sequence[str], model: str = "h
         "ratio": ratio, **({"weights": retriever.named_weights()} if isinstance(retriever, HybridRetriever) else {}),
         "metrics": coliee_metrics(scores, retriever.article_ids, [q.gold for q in test], selected),
         **({"run": str(run)} if run is not None else {}),
+        **({"hybrid": str(save_hybrid)} if save_hybrid is not None else {}),
     }

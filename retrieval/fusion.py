@@ -1,15 +1,25 @@
 """Hybrid retrieval: a weighted sum of per-query normalised score matrices from any `Retriever`s
-(BM25, dense, a trained neural model), with the weights tuned on a validation year."""
+(BM25, dense, a trained neural model), with the weights and the set-selection ratio tuned on
+validation years and saved as a small recipe (`HybridConfig`) that an index serves."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
+from indexes import checks
 from indexes.errors import UserError
+from indexes.files import read_json
 from retrieval.base import Retriever, checked_scores
+from retrieval.selection import DEFAULT_RATIO
+
+CONFIG_FILE = "config.json"
 
 
 def normalize(scores: np.ndarray) -> np.ndarray:
@@ -44,12 +54,51 @@ def tune_weights(matrices: Sequence[np.ndarray], objective: Callable[[np.ndarray
     return grid[best], float(values[best])
 
 
+@dataclass(frozen=True)
+class HybridConfig:
+    """What a hybrid is, apart from its retrievers: their names in order, their weights and the
+    set-selection ratio. `save` / `load` keep it as config.json in a directory."""
+
+    retrievers: tuple[str, ...]
+    weights: tuple[float, ...]
+    ratio: float = DEFAULT_RATIO
+
+    @classmethod
+    def equal(cls, names: Sequence[str]) -> HybridConfig:
+        """Equal weights and the default ratio: what transferred best to unseen exam years (issue #13)."""
+        return cls(tuple(names), tuple(1 / len(names) for _ in names))
+
+    def __post_init__(self) -> None:
+        names = [checks.text("hybrid retriever name", n) for n in self.retrievers]
+        if not names or len(set(names)) != len(names) or len(self.weights) != len(names):
+            raise UserError(f"a hybrid names distinct retrievers, one weight each; got {list(self.retrievers)}, "
+                            f"{list(self.weights)}")
+        weights = [checks.number("hybrid weight", w, 0, 1) for w in self.weights]
+        if sum(weights) <= 0:
+            raise UserError("a hybrid's weights cannot all be 0")
+        checks.number("selection ratio", self.ratio, 0, 1)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / CONFIG_FILE).write_text(json.dumps({"architecture": "hybrid", **asdict(self)}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> HybridConfig:
+        config = read_json(Path(path) / CONFIG_FILE, "hybrid config")
+        if not isinstance(config, dict) or config.get("architecture") != "hybrid" \
+                or not all(isinstance(config.get(k), list) for k in ("retrievers", "weights")):
+            raise UserError(f"{path} is not a saved hybrid (config.json with architecture 'hybrid')")
+        return cls(tuple(config["retrievers"]), tuple(config["weights"]), config.get("ratio", DEFAULT_RATIO))
+
+
 class HybridRetriever:
-    """Fuses its retrievers' scores with fixed weights (equal unless given)."""
+    """Fuses its retrievers' scores with fixed weights (equal unless given); `ratio` is the set-selection
+    ratio that goes with them."""
 
     name = "hybrid"
 
-    def __init__(self, retrievers: Sequence[Retriever], weights: Sequence[float] | None = None):
+    def __init__(self, retrievers: Sequence[Retriever], weights: Sequence[float] | None = None,
+                 ratio: float = DEFAULT_RATIO):
         if not retrievers:
             raise UserError("a hybrid retriever needs at least one retriever")
         ids = retrievers[0].article_ids
@@ -58,6 +107,25 @@ class HybridRetriever:
         self.retrievers = list(retrievers)
         self.article_ids = list(ids)
         self.weights = np.full(len(retrievers), 1 / len(retrievers)) if weights is None else np.asarray(weights, dtype=np.float64)
+        self.ratio = ratio
+
+    @property
+    def config(self) -> HybridConfig:
+        return HybridConfig(tuple(r.name for r in self.retrievers), tuple(float(w) for w in self.weights), self.ratio)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write the recipe (names, weights, ratio); the retrievers are stored by whoever owns them."""
+        self.config.save(path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, retrievers: Mapping[str, Retriever]) -> HybridRetriever:
+        """The hybrid saved in `path` over `retrievers` (by name); a name it fuses must be among them."""
+        config = HybridConfig.load(path)
+        missing = [n for n in config.retrievers if n not in retrievers]
+        if missing:
+            raise UserError(f"{path}: the hybrid fuses {', '.join(missing)}, which this corpus does not have "
+                            f"(it has {', '.join(retrievers)})")
+        return cls([retrievers[n] for n in config.retrievers], config.weights, config.ratio)
 
     def named_weights(self) -> dict[str, float]:
         """Each fused retriever's weight, by its name."""

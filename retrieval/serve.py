@@ -27,16 +27,18 @@ from retrieval.base import checked_scores, top_k
 from retrieval.bm25 import BM25Retriever
 from retrieval.coliee import Article, load_coliee
 from retrieval.dense import encode_texts
-from retrieval.fusion import HybridRetriever
+from retrieval.fusion import HybridConfig, HybridRetriever
 from retrieval.models import NeuralRetriever, ParaformerRetriever, load_retriever
 
-BM25_DIR, MODEL_DIR, ARTICLES_FILE, FEATURES_FILE = "bm25", "model", "articles.json", "article_features.safetensors"
+BM25_DIR, MODEL_DIR, HYBRID_DIR = "bm25", "model", "hybrid"
+ARTICLES_FILE, FEATURES_FILE = "articles.json", "article_features.safetensors"
 
 
 def build_index(request: BuildRequest, out: Path) -> VectorIndex:
     """Read the COLIEE folder (default: the bundled sample), embed every article, save the index at `out`
     (with the trained model in `request.model`, its article features computed here, once). The fusion
-    weights are the hybrid's own default (equal), recorded in the manifest."""
+    recipe (weights, selection ratio) is `request.hybrid`, a hybrid saved by `eval coliee --save-hybrid`,
+    or equal weights; it is saved in the index (`hybrid/`) and served as it is."""
     articles = load_coliee(request.data_dir).articles
     ids = [a.id for a in articles]
     texts = [a.search_text for a in articles]
@@ -50,7 +52,12 @@ def build_index(request: BuildRequest, out: Path) -> VectorIndex:
         settings["model_dir"] = MODEL_DIR
         extras.update({MODEL_DIR: partial(shutil.copytree, request.model), FEATURES_FILE: model.save_features,
                        ARTICLES_FILE: partial(_save_articles, articles)})
-    settings.update(name=f"hybrid({', '.join(parts)})", weights={p: 1 / len(parts) for p in parts})
+    hybrid = HybridConfig.load(request.hybrid) if request.hybrid is not None else HybridConfig.equal(parts)
+    if set(hybrid.retrievers) - set(parts):
+        raise UserError(f"the hybrid in {request.hybrid} fuses {', '.join(hybrid.retrievers)}; this index has "
+                        f"{', '.join(parts)} (give the same --model)")
+    settings.update(name=f"hybrid({', '.join(hybrid.retrievers)})", hybrid=HYBRID_DIR)
+    extras[HYBRID_DIR] = hybrid.save
     vectors = encode_texts(texts, encoder, resolve_device(request.device))
     payload = [{"title": a.title, "caption": a.caption, "headings": " / ".join(a.headings), "text": a.text} for a in articles]
     index = VectorIndex.build(vectors, ids, payload, kind=request.kind, metric=request.metric or "cosine",
@@ -100,10 +107,10 @@ class StatuteEngine(Engine):
             if self.model.article_ids != bm25.article_ids:
                 raise UserError(f"index {index.path}: its model scores other articles than its BM25 index; rebuild it")
             retrievers.append(self.model)
-        weights = settings.get("weights", {})
-        if not isinstance(weights, dict) or set(weights) != {r.name for r in retrievers}:
-            raise UserError(f"index {index.path}: its manifest has no weight for each fused retriever; rebuild it")
-        self.hybrid = HybridRetriever(retrievers, [weights[r.name] for r in retrievers])
+        if "hybrid" not in settings:
+            raise UserError(f"index {index.path} predates saved hybrids (no hybrid/ recipe); rebuild it")
+        self.hybrid = HybridRetriever.from_pretrained(inside(index.path, settings["hybrid"], "hybrid"),
+                                                      {r.name: r for r in retrievers})
 
     def search(self, queries: list[Query], k: int, where: Any, exclude: Sequence[Sequence[Any]] | None) -> list[list[Hit]]:
         texts = [q.text for q in queries]
@@ -144,5 +151,5 @@ def _load_model(index: VectorIndex, device: str) -> NeuralRetriever:
 
 FAMILY = register_family(Family(
     name="retrieval", corpora={"coliee": build_index}, opener=StatuteEngine,
-    build_options=frozenset({"data_dir", "encoder", "model"}),
+    build_options=frozenset({"data_dir", "encoder", "model", "hybrid"}),
 ))

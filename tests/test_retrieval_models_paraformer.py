@@ -180,7 +180,10 @@ def test_coliee_index_with_paraformer_fuses_three_scores_and_explains(trained, t
              "--name", str(index), "--device", "cpu", "--json"]
     result = CliRunner().invoke(ragcli, build)
     assert result.exit_code == 0, result.output
-    weights = json.loads(result.stdout)["encoder"]["weights"]
+    from retrieval.fusion import HybridConfig
+
+    hybrid = HybridConfig.load(index / json.loads(result.stdout)["encoder"]["hybrid"])
+    weights = dict(zip(hybrid.retrievers, hybrid.weights))
     assert weights == pytest.approx({"bm25": 1 / 3, "dense": 1 / 3, "paraformer": 1 / 3})  # the hybrid's default
     question = "Can a minor cancel a contract made without a guardian's consent?"
     query = ["index", "query", str(index), question, "-k", "3", "--device", "cpu"]

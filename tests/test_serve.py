@@ -251,3 +251,24 @@ def test_search_page_in_a_real_browser(live_server, built, tmp_path):
         assert (tmp_path / "search-page.png").stat().st_size > 1000
     finally:
         driver.quit()
+
+
+def test_a_tuned_hybrid_is_saved_and_served_as_it_is(served, tmp_path):
+    from retrieval.fusion import HybridConfig
+
+    tuned = run("eval", "coliee", "--years", "R03", "--valid-years", "R02", "--save-hybrid", tmp_path / "hybrid", "--json")
+    assert tuned.exit_code == 0, tuned.output
+    result = json.loads(tuned.stdout)
+    saved = HybridConfig.load(tmp_path / "hybrid")
+    assert dict(zip(saved.retrievers, saved.weights)) == pytest.approx(result["weights"]) and saved.ratio == result["ratio"]
+    assert run("eval", "coliee", "--save-hybrid", tmp_path / "hybrid").exit_code == 2  # exists: --overwrite
+    built = run("index", "build", "--corpus", "coliee", "--hybrid", tmp_path / "hybrid", "--name", tmp_path / "ix",
+                "--device", "cpu")
+    assert built.exit_code == 0, built.output
+    engine = open_index(tmp_path / "ix", device="cpu")
+    assert engine.hybrid.config == saved  # save -> load: the same recipe, so the same scores
+    default = open_index("statutes", device="cpu").hybrid.config
+    assert default == HybridConfig(("bm25", "dense"), (0.5, 0.5))
+    for bad in [(("bm25",), (0.5, 0.5)), (("bm25", "bm25"), (0.5, 0.5)), (("bm25",), (float("nan"),)), (("bm25",), (0.0,))]:
+        with pytest.raises(UserError):
+            HybridConfig(*bad)
