@@ -1,14 +1,16 @@
 """`ragcli serve` under load, and the warm engine in-process: QPS and latency percentiles.
 
     .venv/bin/python bench/serve_bench.py prepare            # builds the three indexes under bench/out/home
-    .venv/bin/python bench/serve_bench.py run --requests 2000 --budget 60
+    .venv/bin/python bench/serve_bench.py run --duration 15        # wrk (apt-get install wrk)
+    .venv/bin/python bench/serve_bench.py run --client httpx --requests 1000 --budget 30
 
 `prepare` builds, under $RAGCLI_HOME=bench/out/home: `coliee` (the shared COLIEE civil code, MiniLM +
 BM25), `games` (SASRec trained 5 epochs with bce on the shared Amazon Games log; serving speed does
 not depend on how well it is trained) and `shapes` (2,000 generated 64 px images, timm resnet18
-with random weights; queries name 100 held-out PNG files). `run` starts `ragcli serve` as a separate process on loopback and drives it
-with a bounded load generator (httpx, a fixed request count and a time limit per cell) at each
-concurrency; it also times `open_index(...).query` and `query_batch` in this process, and
+with random weights; queries name 100 held-out PNG files). `run` starts `ragcli serve` as a separate
+process on loopback and drives it at each concurrency with a bounded load generator: wrk (Debian's
+`wrk`, written in C, so the client takes little of the 2 cores; `--duration` seconds per cell) or
+httpx (`--client httpx`: a fixed request count and a time limit per cell); it also times `open_index(...).query` and `query_batch` in this process, and
 `ragcli --help`. Results go to bench/out/serve.json and print as the README's table rows.
 """
 
@@ -19,6 +21,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -113,6 +116,32 @@ async def load(url: str, bodies: list[dict], concurrency: int, requests: int, bu
             "p50_ms": 1e3 * cut[49], "p95_ms": 1e3 * cut[94], "p99_ms": 1e3 * cut[98]}
 
 
+WRK_SCRIPT = """
+local bodies = {%s}
+local n = 0
+request = function()
+  n = n %% #bodies + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[n])
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %%d %%d %%f %%f %%f %%f\\n", summary.requests,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout,
+    summary.duration, latency:percentile(50), latency:percentile(95), latency:percentile(99)))
+end
+"""
+
+
+def load_wrk(url: str, bodies: list[dict], concurrency: int, duration: float) -> dict:
+    """wrk on one thread for `duration` seconds, cycling through `bodies`; latencies from its histogram."""
+    script = OUT / "serve-bench.lua"
+    script.write_text(WRK_SCRIPT % ", ".join("[==[" + json.dumps(b) + "]==]" for b in bodies))
+    output = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{duration:g}s", "--timeout", "60s", "-s", str(script),
+                             url], check=True, capture_output=True, text=True).stdout
+    requests, errors, micros, p50, p95, p99 = output.split("RESULT ")[1].split()
+    return {"requests": int(requests), "errors": int(errors), "qps": int(requests) / (float(micros) / 1e6),
+            "p50_ms": float(p50) / 1e3, "p95_ms": float(p95) / 1e3, "p99_ms": float(p99) / 1e3}
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -139,7 +168,8 @@ def serve_run(args: argparse.Namespace) -> dict:
             url = f"http://127.0.0.1:{args.port}/indexes/{name}/query"
             asyncio.run(load(url, bodies, 4, 50, args.budget))  # warm-up
             for concurrency in args.concurrency:
-                cell = asyncio.run(load(url, bodies, concurrency, args.requests, args.budget))
+                cell = (load_wrk(url, bodies, concurrency, args.duration) if args.client == "wrk"
+                        else asyncio.run(load(url, bodies, concurrency, args.requests, args.budget)))
                 results[f"{name}@{concurrency}"] = cell
                 print(f"| {name} | {concurrency} | {cell['requests']} | {cell['qps']:,.0f} | {cell['p50_ms']:.1f} | "
                       f"{cell['p95_ms']:.1f} | {cell['p99_ms']:.1f} | {cell['errors']} |", flush=True)
@@ -191,8 +221,10 @@ def in_process(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["prepare", "run"])
-    parser.add_argument("--requests", type=int, default=2000, help="Requests per (index, concurrency) cell.")
-    parser.add_argument("--budget", type=float, default=60, help="Seconds per cell at most.")
+    parser.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx")
+    parser.add_argument("--duration", type=float, default=15, help="wrk: seconds per (index, concurrency) cell.")
+    parser.add_argument("--requests", type=int, default=2000, help="httpx: requests per cell.")
+    parser.add_argument("--budget", type=float, default=60, help="httpx: seconds per cell at most.")
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 8, 32, 128])
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the server and the engine.")
     parser.add_argument("--port", type=int, default=8765)
@@ -201,7 +233,7 @@ def main() -> None:
         prepare()
         return
     print("| index | clients | requests | QPS | p50 ms | p95 ms | p99 ms | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    result = {"http": serve_run(args), "in_process": in_process(args)}
+    result = {"client": args.client, "http": serve_run(args), "in_process": in_process(args)}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "serve.json").write_text(json.dumps(result, indent=2))
 

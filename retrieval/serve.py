@@ -107,10 +107,20 @@ class StatuteEngine(Engine):
             if self.model.article_ids != bm25.article_ids:
                 raise UserError(f"index {index.path}: its model scores other articles than its BM25 index; rebuild it")
             retrievers.append(self.model)
-        if "hybrid" not in settings:
-            raise UserError(f"index {index.path} predates saved hybrids (no hybrid/ recipe); rebuild it")
-        self.hybrid = HybridRetriever.from_pretrained(inside(index.path, settings["hybrid"], "hybrid"),
-                                                      {r.name: r for r in retrievers})
+        self.hybrid = self._hybrid(index, {r.name: r for r in retrievers})
+
+    @staticmethod
+    def _hybrid(index: VectorIndex, retrievers: dict[str, Any]) -> HybridRetriever:
+        """The recipe saved in the index; indexes built before recipes were saved kept their weights in
+        the manifest."""
+        settings = index.encoder
+        if "hybrid" in settings:
+            return HybridRetriever.from_pretrained(inside(index.path, settings["hybrid"], "hybrid"), retrievers)
+        weights = settings.get("weights")
+        if not isinstance(weights, dict) or set(weights) != set(retrievers):
+            raise UserError(f"index {index.path} has no fusion recipe for its retrievers; rebuild it")
+        config = HybridConfig(tuple(retrievers), tuple(weights[name] for name in retrievers))
+        return HybridRetriever(list(retrievers.values()), config.weights, config.ratio)
 
     def search(self, queries: list[Query], k: int, where: Any, exclude: Sequence[Sequence[Any]] | None) -> list[list[Hit]]:
         texts = [q.text for q in queries]

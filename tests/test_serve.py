@@ -272,3 +272,17 @@ def test_a_tuned_hybrid_is_saved_and_served_as_it_is(served, tmp_path):
     for bad in [(("bm25",), (0.5, 0.5)), (("bm25", "bm25"), (0.5, 0.5)), (("bm25",), (float("nan"),)), (("bm25",), (0.0,))]:
         with pytest.raises(UserError):
             HybridConfig(*bad)
+
+
+def test_a_statute_index_from_before_saved_hybrids_still_answers(served, home, tmp_path):
+    import shutil as sh
+
+    old = tmp_path / "old"
+    sh.copytree((home / "indexes" / "statutes").resolve(), old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["encoder"] = {k: v for k, v in manifest["encoder"].items() if k != "hybrid"}
+    (old / "manifest.json").write_text(json.dumps({**manifest, "encoder": {**manifest["encoder"], "weights": {"bm25": 0.5, "dense": 0.5}}}))
+    assert _ids(open_index(old, device="cpu").query(QUESTION, k=5)) == _ids(served["statutes"].query(QUESTION, k=5))
+    (old / "manifest.json").write_text(json.dumps(manifest))  # neither a recipe nor weights
+    with pytest.raises(UserError, match="no fusion recipe"):
+        open_index(old, device="cpu")
