@@ -609,9 +609,11 @@ def data_qrels(corpus: str, data_dir: Path | None, years: str, out: Path, topics
 @click.option("--batch-window-ms", type=click.FloatRange(0, 1000), default=0.0, show_default=True,
               help="Extra time an idle index waits to gather queries into one encoder pass (requests "
                    "arriving while it is busy are batched anyway).")
+@click.option("--image-root", type=click.Path(path_type=Path, file_okay=False),
+              help="Accept image queries by server-side path under this folder (default: uploads only).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 def serve_command(names: tuple[str, ...], host: str, port: int, workers: int, api_key: str | None,
-                  batch_window_ms: float, device: str) -> None:
+                  batch_window_ms: float, image_root: Path | None, device: str) -> None:
     """Serve indexes over HTTP (every named index under $RAGCLI_HOME, or NAMES), with a search page at /."""
     from indexes.http import serve
 
@@ -619,7 +621,8 @@ def serve_command(names: tuple[str, ...], host: str, port: int, workers: int, ap
         click.echo(f"warning: listening on {host}: anyone who can reach this machine can query"
                    f"{'' if api_key else ' (no --api-key)'}", err=True)
     click.echo(f"serving on http://{host}:{port}/ (Ctrl-C stops)", err=True)
-    serve(list(names), host, port, workers, api_key or None, device, batch_window_ms / 1000)
+    serve(list(names), host, port, workers, api_key or None, device, batch_window_ms / 1000,
+          image_root=None if image_root is None else str(image_root))
 
 
 def main() -> None:

@@ -152,7 +152,8 @@ def peak_rss_mb(pid: int) -> float:
 def serve_run(args: argparse.Namespace) -> dict:
     env = {**os.environ, "RAGCLI_HOME": str(HOME), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
     log = open(OUT / "serve-bench-server.log", "w")  # noqa: SIM115 - closed with the server
-    server = subprocess.Popen([*RAGCLI, "serve", "coliee", "games", "shapes", "--port", str(args.port), "--device", "cpu"],
+    server = subprocess.Popen([*RAGCLI, "serve", "coliee", "games", "shapes", "--port", str(args.port), "--device", "cpu",
+                               "--image-root", str(OUT / "serve-data" / "queries")],
                               env=env, stderr=log)
     try:
         import httpx

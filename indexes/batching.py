@@ -36,6 +36,7 @@ class MicroBatcher:
         self._pending: dict[str, list[_Request]] = {}
         self._options: dict[str, tuple[Any, dict[str, Any]]] = {}
         self._draining = False
+        self._drainer: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{engine.name}")
         self.batches = 0  # engine calls made (for tests and /metrics)
 
@@ -53,7 +54,7 @@ class MicroBatcher:
         self._options[key] = (where, options)
         if not self._draining:
             self._draining = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())  # kept: tasks are weakly held
         return await request.future
 
     async def _drain(self) -> None:
@@ -76,23 +77,26 @@ class MicroBatcher:
             self._draining = False
 
     async def _answer(self, group: list[_Request], where: Any, options: dict[str, Any]) -> None:
+        group = [r for r in group if not r.future.done()]  # callers that gave up (cancelled) are skipped
+        if not group:
+            return
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(self._worker, self._run, group, where, options)
         except UserError:  # someone's query is bad: answer each request alone, so only it gets the error
             for request in group:
                 try:
-                    single = await loop.run_in_executor(self._worker, self._run, [request], where, options)
-                    request.future.set_result(single[0])
+                    _settle(request, result=(await loop.run_in_executor(self._worker, self._run, [request], where,
+                                                                        options))[0])
                 except Exception as err:  # noqa: BLE001 - handed to the waiting request
-                    request.future.set_exception(err)
+                    _settle(request, error=err)
             return
         except Exception as err:  # noqa: BLE001 - every waiting request learns of it
             for request in group:
-                request.future.set_exception(err)
+                _settle(request, error=err)
             return
         for request, result in zip(group, results):
-            request.future.set_result(result)
+            _settle(request, result=result)
 
     def _run(self, group: list[_Request], where: Any, options: dict[str, Any]) -> list[list[list[Hit]]]:
         """One engine call for the whole group; each request gets its own slice, cut to its own k."""
@@ -109,3 +113,13 @@ class MicroBatcher:
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
+
+
+def _settle(request: _Request, result: Any = None, error: BaseException | None = None) -> None:
+    """Hand a request its answer, unless its caller has stopped waiting (a cancelled future)."""
+    if request.future.done():
+        return
+    if error is not None:
+        request.future.set_exception(error)
+    else:
+        request.future.set_result(result)

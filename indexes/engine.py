@@ -35,11 +35,13 @@ class Query:
         if unknown:
             raise UserError(f"unknown query fields: {', '.join(sorted(map(str, unknown)))}")
         history = record.get("history")
-        if history is not None and (not isinstance(history, list) or not all(isinstance(h, (str, int)) for h in history)):
-            raise UserError("'history' must be a list of item ids")
-        for key in ("text", "image", "condition", "qid"):
-            if record.get(key) is not None and not isinstance(record[key], (str, int)):
+        if history is not None and (not isinstance(history, list) or not all(_is_id(h) for h in history)):
+            raise UserError("'history' must be a list of item ids (strings or integers)")
+        for key in ("text", "image", "condition"):
+            if record.get(key) is not None and not isinstance(record[key], str):
                 raise UserError(f"'{key}' must be a string")
+        if record.get("qid") is not None and not _is_id(record["qid"]):
+            raise UserError("'qid' must be a string or an integer")
         return cls(qid=str(record.get("qid", qid)), text=record.get("text"), image=record.get("image"),
                    history=None if history is None else [str(h) for h in history], condition=record.get("condition"))
 
@@ -82,6 +84,8 @@ class Engine(ABC):
         if isinstance(query, Mapping):
             query = Query.from_record(query)
         if not isinstance(query, Query):
+            if self.field == "history" and isinstance(query, str):
+                raise UserError("a history is a list of item ids, not one string (e.g. ['12', '40', '7'])")
             query = Query(**{self.field: query})
         if getattr(query, self.field) is None:
             raise UserError(f"a {self.family} index is queried with '{self.field}'")
@@ -95,3 +99,7 @@ class Engine(ABC):
     def info(self) -> dict[str, Any]:
         """What `index info` and `GET /indexes/{name}` show."""
         return {"name": self.name, "family": self.family, "field": self.field, **self.index.info()}
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (str, int)) and not isinstance(value, bool)

@@ -4,7 +4,8 @@ and reads of regular files only.
 A directory ragcli writes (an index, a model, a dataset) is published under its name as a symlink onto a
 hidden version directory beside it (`.NAME.v-<stamp>`), holding a marker file (`.ragcli.json`). Replacing
 it writes a new version, then flips the symlink with one `rename`: a reader (or a crash) sees the old
-version or the new one, never neither. `--overwrite` only ever replaces such a directory (or an older
+version or the new one, never neither. The previous version is kept until the next replace, so a
+reader that resolved the name just before the flip can finish loading it. `--overwrite` only ever replaces such a directory (or an older
 ragcli index with a valid manifest), never anything else.
 """
 
@@ -15,7 +16,9 @@ import errno
 import fcntl
 import json
 import os
+import re
 import secrets
+import threading
 import shutil
 import stat
 import time
@@ -27,7 +30,8 @@ from indexes.errors import UserError
 
 MARKER_FILE = ".ragcli.json"
 KINDS = ("index", "model", "dataset")
-_held_locks: dict[Path, tuple[int, int]] = {}  # lock path -> (fd, depth): re-entrant within a process
+_held_locks: dict[tuple[int, Path], tuple[int, int]] = {}  # (thread, lock path) -> (fd, depth): re-entrant per thread
+_held_locks_guard = threading.Lock()
 
 
 def expand(path: str | os.PathLike) -> Path:
@@ -47,7 +51,14 @@ def _absolute(target: str | os.PathLike) -> Path:
 
 
 def _versions(target: Path) -> list[Path]:
-    return sorted(target.parent.glob(f".{target.name}.v-*"))
+    """`target`'s own version directories (an anchored match: `.foo.v-1.v-*` is not foo's)."""
+    return _siblings(target, r"v-(?:\d{8}T\d{6}-[0-9a-f]{8}|0-legacy-[0-9a-f]{8})")
+
+
+def _siblings(target: Path, suffix: str) -> list[Path]:
+    pattern = re.compile(re.escape(f".{target.name}.") + suffix)
+    entries = os.listdir(target.parent) if target.parent.is_dir() else []
+    return sorted(target.parent / name for name in entries if pattern.fullmatch(name))
 
 
 def _marker(directory: Path) -> dict[str, Any] | None:
@@ -100,22 +111,28 @@ def output_lock(target: str | os.PathLike) -> Iterator[None]:
     process) gets a UserError at once instead of silently racing. Re-entrant within one process; the
     lock file is removed on release (a killed process releases the lock but leaves the file)."""
     lock_path = _absolute(target).parent / f".{_absolute(target).name}.lock"
-    if lock_path in _held_locks:
-        fd, depth = _held_locks[lock_path]
-        _held_locks[lock_path] = (fd, depth + 1)
+    key = (threading.get_ident(), lock_path)
+    with _held_locks_guard:
+        held = _held_locks.get(key)
+        if held is not None:
+            _held_locks[key] = (held[0], held[1] + 1)
+    if held is not None:
         try:
             yield
         finally:
-            fd, depth = _held_locks[lock_path]
-            _held_locks[lock_path] = (fd, depth - 1)
+            with _held_locks_guard:
+                fd, depth = _held_locks[key]
+                _held_locks[key] = (fd, depth - 1)
         return
     created = _make_parents(lock_path.parent)
-    fd = _acquire(lock_path, target)
-    _held_locks[lock_path] = (fd, 1)
+    fd = _acquire(lock_path, target)  # another thread of this process holding it is refused too (flock)
+    with _held_locks_guard:
+        _held_locks[key] = (fd, 1)
     try:
         yield
     finally:
-        del _held_locks[lock_path]
+        with _held_locks_guard:
+            del _held_locks[key]
         lock_path.unlink(missing_ok=True)  # while still locked: the next writer creates a fresh file
         os.close(fd)
         for folder in created:  # folders made for an output that was never written
@@ -161,6 +178,7 @@ def atomic_dir(target: str | os.PathLike, kind: str, overwrite: bool = False) ->
     with output_lock(target):
         recover(target)
         check_output(target, overwrite, kind)
+        previous = target.resolve() if target.is_symlink() else None
         version = _new_version(target)
         try:
             yield version
@@ -171,7 +189,7 @@ def atomic_dir(target: str | os.PathLike, kind: str, overwrite: bool = False) ->
         except BaseException:
             shutil.rmtree(version, ignore_errors=True)
             raise
-        _remove_stale(target, keep=version)
+        _remove_stale(target, keep={version, previous})  # a reader may still be loading the previous one
 
 
 def _new_version(target: Path) -> Path:
@@ -213,10 +231,10 @@ def recover(target: str | os.PathLike) -> None:
             os.replace(link, target)
 
 
-def _remove_stale(target: Path, keep: Path) -> None:
-    """Old versions, unfinished versions and temp links of `target` (we hold its lock)."""
-    for leftover in [*_versions(target), *target.parent.glob(f".{target.name}.link-*")]:
-        if leftover == keep:
+def _remove_stale(target: Path, keep: set[Path]) -> None:
+    """Older versions, unfinished versions and temp links of `target` (we hold its lock)."""
+    for leftover in [*_versions(target), *_siblings(target, r"link-[0-9a-f]{8}")]:
+        if leftover in keep:
             continue
         if leftover.is_symlink() or leftover.is_file():
             leftover.unlink(missing_ok=True)

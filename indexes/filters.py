@@ -77,7 +77,7 @@ def _field_sql(field: Any, columns: set[str]) -> str:
 
 
 def _predicate(column: str, op: Any, value: Any, params: list[Any]) -> str:
-    if op not in OPERATORS:
+    if not isinstance(op, str) or op not in OPERATORS:
         raise UserError(f"unknown filter operator {op!r}; use one of {', '.join(OPERATORS)}")
     if op in ("in", "not in"):
         if not isinstance(value, (list, tuple)) or not value or not all(_is_scalar(v) for v in value):

@@ -57,9 +57,19 @@ class QueryRequestIn(BaseModel):
 
 
 def create_app(engines: dict[str, Engine], api_key: str | None = None, window: float = 0.0,
-               max_batch: int = 64) -> FastAPI:
+               max_batch: int = 64, image_root: str | os.PathLike | None = None) -> FastAPI:
     """The HTTP face of `engines` (name -> warm engine); with `api_key`, every endpoint but /health and
-    the page needs `Authorization: Bearer <key>`."""
+    the page needs `Authorization: Bearer <key>`. Image queries by server-side path are refused unless
+    the path lies under `image_root` (otherwise a client could probe any file the server can read)."""
+    root = Path(image_root).resolve() if image_root is not None else None
+
+    def image_path(path: str) -> str:
+        resolved = Path(path).resolve()
+        if root is None or (resolved != root and root not in resolved.parents):
+            raise HTTPException(400, "image paths are accepted only under the server's --image-root; "
+                                     "upload the image to /indexes/{name}/query/image instead")
+        return str(resolved)
+
     batchers = {name: MicroBatcher(engine, window, max_batch) for name, engine in engines.items()}
 
     @asynccontextmanager
@@ -78,7 +88,7 @@ def create_app(engines: dict[str, Engine], api_key: str | None = None, window: f
     async def authorised(authorization: Annotated[str | None, Header()] = None, key: str | None = None) -> None:
         """The bearer token, or `?key=` (for <img> tags, which cannot send headers)."""
         given = authorization or (f"Bearer {key}" if key else "")
-        if api_key is not None and not secrets.compare_digest(given, f"Bearer {api_key}"):
+        if api_key is not None and not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
             raise HTTPException(401, "missing or wrong API key (send 'Authorization: Bearer <key>')")
 
     def batcher_of(name: str) -> MicroBatcher:
@@ -128,8 +138,11 @@ def create_app(engines: dict[str, Engine], api_key: str | None = None, window: f
     async def query(name: str, body: QueryRequestIn) -> dict[str, Any]:
         if (body.query is None) == (body.queries is None):
             raise HTTPException(422, "give exactly one of 'query' or 'queries'")
-        items = [body.query] if body.query is not None else body.queries
-        return await answer(name, [q.model_dump(exclude_none=True) for q in items], body)
+        items = [q.model_dump(exclude_none=True) for q in ([body.query] if body.query is not None else body.queries)]
+        for item in items:
+            if "image" in item:
+                item["image"] = image_path(item["image"])
+        return await answer(name, items, body)
 
     @app.post("/indexes/{name}/query/image", dependencies=[Depends(authorised)])
     async def query_image(name: str, image: Annotated[UploadFile, File()], k: Annotated[int, Form(ge=1, le=10_000)] = 10,
@@ -176,11 +189,11 @@ def app_from_environment() -> FastAPI:
     """The app for each uvicorn worker process (`--workers N`), configured through RAGCLI_SERVE_CONFIG."""
     config = json.loads(os.environ["RAGCLI_SERVE_CONFIG"])
     return create_app(open_engines(config["names"], config["device"]), os.environ.get("RAGCLI_API_KEY") or None,
-                      config["window"], config["max_batch"])
+                      config["window"], config["max_batch"], config["image_root"])
 
 
 def serve(names: list[str], host: str = "127.0.0.1", port: int = 8000, workers: int = 1, api_key: str | None = None,
-          device: str = "auto", window: float = 0.0, max_batch: int = 64) -> None:
+          device: str = "auto", window: float = 0.0, max_batch: int = 64, image_root: str | None = None) -> None:
     """Run the HTTP server until interrupted (each worker process holds its own warm engines)."""
     import uvicorn
 
@@ -190,10 +203,11 @@ def serve(names: list[str], host: str = "127.0.0.1", port: int = 8000, workers: 
     sys.setswitchinterval(0.0005)  # the event loop and each engine's thread hand the GIL over per request
     engines = open_engines(names, device)  # fail fast, in this process, on a bad name
     if workers == 1:
-        uvicorn.run(create_app(engines, api_key, window, max_batch), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(engines, api_key, window, max_batch, image_root), host=host, port=port,
+                    log_level="warning")
         return
     os.environ["RAGCLI_SERVE_CONFIG"] = json.dumps({"names": names, "device": device, "window": window,
-                                                    "max_batch": max_batch})
+                                                    "max_batch": max_batch, "image_root": image_root})
     if api_key:
         os.environ["RAGCLI_API_KEY"] = api_key
     uvicorn.run("indexes.http:app_from_environment", factory=True, host=host, port=port, workers=workers,

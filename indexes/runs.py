@@ -63,14 +63,14 @@ def trec_lines(qids: Sequence[str], hits: Sequence[Sequence[Hit]], run_id: str) 
     """`QID Q0 DOCID RANK SCORE RUNID` per hit (the TREC / COLIEE run format)."""
     if not run_id or any(c.isspace() for c in run_id):
         raise UserError(f"a run id (--run-id) is one word without spaces, got {run_id!r}")
-    return [f"{qid} Q0 {_one_word(hit.id)} {rank} {hit.score:.6f} {run_id}"
+    return [f"{_one_word(qid)} Q0 {_one_word(hit.id)} {rank} {hit.score:.6f} {run_id}"
             for qid, ranked in zip(qids, hits) for rank, hit in enumerate(ranked, 1)]
 
 
 def _one_word(value: Any) -> str:
     text = str(value)
     if not text or any(c.isspace() for c in text):
-        raise UserError(f"id {text!r} cannot be written to a TREC run file (it holds spaces)")
+        raise UserError(f"id {text!r} cannot be written to a TREC file (empty, or it holds spaces)")
     return text
 
 
@@ -129,7 +129,7 @@ def _read_trec(path: str | os.PathLike, what: str, columns: int) -> list[list[st
         if len(parts) != columns:
             raise UserError(f"{path}, line {number}: a {what} line has {columns} columns, found {len(parts)}")
         try:
-            float(parts[-2] if what == "run" else parts[-1])
+            float(parts[-2]) if what == "run" else int(parts[-1])
         except ValueError:
             raise UserError(f"{path}, line {number}: not a number where the {what} format has one") from None
         rows.append(parts)

@@ -138,7 +138,7 @@ def test_crash_mid_save_leaves_previous_index_intact(tmp_path, vectors):
     assert json.loads((target / "manifest.json").read_text()) == original
     assert VectorIndex.load(target).ntotal == 50
     names = sorted(p.name for p in tmp_path.iterdir())  # no temp directories left behind
-    assert names == [target.resolve().name, "ix"]
+    assert names == [target.resolve().name, "ix"]  # the failed version is gone, the live one stays
 
     with pytest.raises(RuntimeError):
         VectorIndex.build(vectors, device="cpu").save(tmp_path / "fresh", extras={"model": crash})

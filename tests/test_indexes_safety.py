@@ -54,9 +54,41 @@ def test_replacing_an_index_needs_overwrite_and_flips_one_symlink(tmp_path):
     with pytest.raises(UserError, match="--overwrite"):
         small_index().save(target)
     small_index().save(target, overwrite=True)
-    assert target.is_symlink() and target.resolve() != first and not first.exists()
+    second = target.resolve()
+    assert target.is_symlink() and second != first and first.exists()  # kept for readers mid-load
+    small_index().save(target, overwrite=True)
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != "ix")
-    assert leftovers == [target.resolve().name]  # only the live version
+    assert leftovers == sorted([second.name, target.resolve().name]) and not first.exists()
+
+
+def test_similar_names_never_touch_each_others_versions(tmp_path):
+    small_index().save(tmp_path / "foo.v-1")
+    kept = (tmp_path / "foo.v-1").resolve()
+    VectorIndex.build(VECTORS[:5], device="cpu").save(tmp_path / "foo")
+    VectorIndex.build(VECTORS[:6], device="cpu").save(tmp_path / "foo", overwrite=True)
+    VectorIndex.build(VECTORS[:7], device="cpu").save(tmp_path / "foo", overwrite=True)
+    assert kept.exists() and VectorIndex.load(tmp_path / "foo.v-1").ntotal == 40
+    (tmp_path / "foo").unlink()
+    assert VectorIndex.load(tmp_path / "foo").ntotal in (6, 7)  # recovered from foo's own versions only
+
+
+def test_the_write_lock_holds_across_threads(tmp_path):
+    import threading
+
+    errors = []
+
+    def second_writer():
+        try:
+            with output_lock(tmp_path / "ix"):
+                pass
+        except UserError as err:
+            errors.append(str(err))
+
+    with output_lock(tmp_path / "ix"):
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        thread.join()
+    assert errors and "another ragcli process is writing" in errors[0]
 
 
 def test_a_legacy_directory_moved_aside_is_recovered_on_open(tmp_path):
@@ -119,7 +151,8 @@ def test_structured_filters(tmp_path):
     either = idx.search(VECTORS[:1], k=40, where={"or": [("year", "<", 1982), ("title", "==", "t39")]})
     assert sorted(h.id for h in either[0]) == ["id0", "id1", "id39"]
     assert not idx.search(VECTORS[:1], k=5, where=("title", "==", "x' OR 1=1 --"))[0]
-    for bad in [("year", "~", 1), ("year", "in", []), ("nope", "==", 1), {"and": []}, "year > 1", ("year", "<", [1])]:
+    for bad in [("year", "~", 1), ("year", "in", []), ("nope", "==", 1), {"and": []}, "year > 1", ("year", "<", [1]),
+                {"field": "year", "op": ["=="], "value": 1}, {"field": ["year"], "op": "==", "value": 1}]:
         with pytest.raises(UserError):
             idx.search(VECTORS[:1], k=5, where=bad)
 

@@ -57,7 +57,7 @@ def _ids(hits):
 
 
 def test_python_shell_and_http_return_the_same_hits(served, built):
-    client = TestClient(create_app(served))
+    client = TestClient(create_app(served, image_root=built))
     image = str(built / "query.png")
     for name, args, query in [("statutes", [QUESTION], {"text": QUESTION}),
                               ("items", ["--history", "3,4,5"], {"history": ["3", "4", "5"]}),
@@ -73,6 +73,8 @@ def test_python_shell_and_http_return_the_same_hits(served, built):
     with open(image, "rb") as fh:
         upload = client.post("/indexes/shapes/query/image", files={"image": ("q.png", fh, "image/png")}, data={"k": 4})
     assert _ids(upload.json()["results"][0]["hits"]) == _ids(served["shapes"].query(image, k=4))
+    elsewhere = TestClient(create_app(served)).post("/indexes/shapes/query", json={"query": {"image": image}})
+    assert elsewhere.status_code == 400 and "--image-root" in elsewhere.json()["detail"]
     first = upload.json()["results"][0]["hits"][0]["id"]
     png = client.get(f"/indexes/shapes/items/{first}/image")
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
@@ -286,3 +288,29 @@ def test_a_statute_index_from_before_saved_hybrids_still_answers(served, home, t
     (old / "manifest.json").write_text(json.dumps(manifest))  # neither a recipe nor weights
     with pytest.raises(UserError, match="no fusion recipe"):
         open_index(old, device="cpu")
+
+
+def test_review_regressions_cancelled_callers_bad_types_and_keys(served, tmp_path):
+    from indexes.batching import MicroBatcher
+    from indexes.engine import Query
+
+    batcher = MicroBatcher(served["items"], window=0.05)
+
+    async def cancel_one():
+        first, second, third = (asyncio.ensure_future(batcher.query([[str(i), str(i + 1)]], k=3)) for i in (1, 2, 3))
+        await asyncio.sleep(0.01)
+        second.cancel()
+        return await asyncio.wait_for(asyncio.gather(first, third), 10)
+
+    answers = asyncio.run(cancel_one())
+    assert [_ids(a[0]) for a in answers] == [_ids(served["items"].query(h, k=3)) for h in (["1", "2"], ["3", "4"])]
+    with pytest.raises(UserError, match="not one string"):
+        served["items"].query("12")
+    for record in ({"image": "q.png", "condition": 5}, {"image": True}, {"history": [True]}, {"text": 3}):
+        with pytest.raises(UserError):
+            Query.from_record(record)
+    assert TestClient(create_app(served, api_key="k")).get("/indexes", params={"key": "\u00e9"}).status_code == 401
+    (tmp_path / "q.qrels").write_text("q1 0 d1 1.0\n")
+    (tmp_path / "r.run").write_text("q1 Q0 d1 1 2.0 x\n")
+    bad = run("eval", "run", tmp_path / "r.run", "--qrels", tmp_path / "q.qrels")
+    assert bad.exit_code == 2 and "not a number" in bad.stderr
