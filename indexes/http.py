@@ -182,7 +182,10 @@ def open_engines(names: list[str], device: str = "auto") -> dict[str, Engine]:
         names = [row["name"] for row in list_indexes() if "error" not in row]
     if not names:
         raise UserError("no indexes to serve: build one first (ragcli index build ...) or name some")
-    return {Path(str(name)).name: open_index(name, device=device) for name in names}
+    served = [Path(str(name)).name for name in names]
+    if len(set(served)) != len(served):
+        raise UserError(f"two indexes would be served under one name: {', '.join(map(str, names))}")
+    return {label: open_index(name, device=device) for label, name in zip(served, names)}
 
 
 def app_from_environment() -> FastAPI:

@@ -495,7 +495,9 @@ class VectorIndex:
         if len(lists) != n_queries:
             raise UserError(f"{len(lists)} exclusion lists for {n_queries} queries")
         lookup = self._id_lookup()
-        keys = [q * self._next_row + lookup[i] for q, ids in enumerate(lists) for i in ids if i in lookup]
+        as_id = _int_or_none if self.manifest["id_type"] == "int" else str  # ids from JSON or a shell are text
+        rows = [[lookup.get(as_id(i)) for i in ids] for ids in lists]
+        keys = [q * self._next_row + r for q, found in enumerate(rows) for r in found if r is not None]
         return np.asarray(keys, dtype=np.int64), max(len(ids) for ids in lists)
 
     # ---- persistence --------------------------------------------------------------------------
@@ -534,6 +536,13 @@ class VectorIndex:
         with self._lock:
             cols = [r[0] for r in self._db.execute("DESCRIBE rows").fetchall()]
         return [c for c in cols if c not in RESERVED_COLUMNS]
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _compact(scores: np.ndarray, rows: np.ndarray, drop: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:

@@ -214,3 +214,9 @@ def test_a_manifest_cannot_point_a_family_outside_its_index(tmp_path):
         file.write_text(json.dumps(manifest))
         with pytest.raises(UserError, match="points outside"):
             open_index(tmp_path / family, device="cpu")
+
+
+def test_exclusions_given_as_text_match_integer_ids():
+    idx = VectorIndex.build(VECTORS, device="cpu")  # ids 0..39
+    top = idx.search(VECTORS[:1], k=2)[0]
+    assert top[0].id not in [h.id for h in idx.search(VECTORS[:1], k=2, exclude=[str(top[0].id), "x"])[0]]
