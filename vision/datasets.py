@@ -14,6 +14,7 @@ import gzip
 import os
 import re
 import struct
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -66,19 +67,23 @@ class ImageFiles(Sequence[Image.Image]):
         return decode_image(regular_file(path, "image"), path)  # a FIFO would block forever
 
 
+_PIL_LIMIT = threading.Lock()
+
+
 def decode_image(source: Path | BinaryIO, name: str | Path) -> Image.Image:
     """Read an image file's (or an upload's) header, check the size, then decode; PIL's own bomb check
     is replaced by ours. Anything unreadable is a UserError naming `name`."""
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-    try:
-        with Image.open(source) as image:
-            check_image_size(image.width, image.height, name)
-            image.load()
-            return image
-    except DECODE_ERRORS as err:
-        raise UserError(f"cannot read image {name}: {_first_line(err)}") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
+    with _PIL_LIMIT:  # PIL's limit is process-wide: one swap at a time (the server decodes on several threads)
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(source) as image:
+                check_image_size(image.width, image.height, name)
+                image.load()
+                return image
+        except DECODE_ERRORS as err:
+            raise UserError(f"cannot read image {name}: {_first_line(err)}") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
 
 
 def max_image_pixels() -> int:
