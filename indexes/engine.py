@@ -55,8 +55,10 @@ class Engine(ABC):
     options: ClassVar[frozenset[str]] = frozenset()  # keyword options `search` takes (e.g. skip_unknown)
 
     def __init__(self, index: VectorIndex):
+        if index.path is None:  # models, BM25 and recipes are loaded from the index directory
+            raise UserError("an engine answers from a saved index; save it first")
         self.index = index
-        self.name = index.path.name if index.path else ""
+        self.name = index.path.name
 
     def query(self, query: Any, k: int = 10, *, where: Any = None, exclude: Sequence[Any] | None = None,
               **options: Any) -> list[Hit]:

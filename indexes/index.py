@@ -39,6 +39,8 @@ METRICS = ("ip", "l2", "cosine")
 RESERVED_COLUMNS = ("_row", "id")
 KIND_ALIASES = ("flat", "hnsw", "ivf-flat", "ivf-pq")
 _FACTORY = re.compile(r"[A-Za-z][A-Za-z0-9_,.]{0,199}")
+ROWS_TABLE = {"int": "CREATE TABLE rows (_row BIGINT PRIMARY KEY, id BIGINT UNIQUE)",
+              "str": "CREATE TABLE rows (_row BIGINT PRIMARY KEY, id VARCHAR UNIQUE)"}
 LOCKED_DUCKDB = {"enable_external_access": False, "lock_configuration": True, "threads": 1}
 
 Id = int | str
@@ -240,8 +242,7 @@ class VectorIndex:
             "search_params": {"nprobe": nprobe, "efSearch": ef_search},
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        id_sql = "BIGINT" if id_type == "int" else "VARCHAR"
-        db.execute(f"CREATE TABLE rows (_row BIGINT PRIMARY KEY, id {id_sql} UNIQUE)")
+        db.execute(ROWS_TABLE[id_type])
         self = cls(index, db, manifest, device=device)
         self._append(x, ids_arr, frame)
         return self
@@ -294,9 +295,8 @@ class VectorIndex:
 
     @property
     def ntotal(self) -> int:
-        """Live rows (deleted rows excluded)."""
-        with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM rows").fetchall()[0][0])
+        """Live rows (deleted rows excluded); counted when the rows change, not on every search."""
+        return self._ntotal
 
     @property
     def encoder(self) -> dict[str, Any]:
@@ -348,10 +348,10 @@ class VectorIndex:
         self._after_change()
 
     def _after_change(self) -> None:
+        self._reload_ids()
         self.manifest["rows"] = self.ntotal
         self._searcher = None
         self._payload_cache = None
-        self._reload_ids()
 
     # ---- id bookkeeping -----------------------------------------------------------------------
     def _reload_ids(self) -> None:
@@ -366,6 +366,7 @@ class VectorIndex:
         self._ids[rows] = ids if is_int else ids.astype(object)
         self._row_of: dict[Id, int] | None = None
         self._tombstones = np.setdiff1d(faiss_rows, rows)
+        self._ntotal = len(rows)
 
     def _id_lookup(self) -> dict[Id, int]:
         if self._row_of is None:
@@ -478,6 +479,7 @@ class VectorIndex:
 
     def rows_where(self, where: Any) -> np.ndarray:
         """Rows whose payload passes the structured filter (compiled to a parameterised query)."""
+        # the predicate holds only quoted column names, fixed operators and `?` placeholders; values are bound
         predicate, params = compile_filter(where, self._payload_columns())
         try:
             with self._lock:

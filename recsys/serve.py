@@ -58,8 +58,6 @@ class RecommendationEngine(Engine):
 
     def __init__(self, index: VectorIndex, device: str = "auto"):
         super().__init__(index)
-        if index.path is None:
-            raise UserError("this index has not been saved, so its model cannot be loaded")
         model_dir = inside(index.path, index.encoder.get("model_dir", MODEL_DIR), "model_dir")
         self.recommender = Recommender.from_pretrained(model_dir, device=device)
 

@@ -97,7 +97,7 @@ class StatuteEngine(Engine):
     def __init__(self, index: VectorIndex, device: str = "auto"):
         super().__init__(index)
         settings = index.encoder
-        if index.path is None or not inside(index.path, settings.get("bm25", BM25_DIR), "bm25").is_dir():
+        if not inside(index.path, settings.get("bm25", BM25_DIR), "bm25").is_dir():
             raise UserError(f"index {index.path} has no BM25 index beside its vectors; rebuild it")
         device = resolve_device(device)
         bm25 = BM25Retriever.load(inside(index.path, settings.get("bm25", BM25_DIR), "bm25"))
@@ -132,7 +132,8 @@ class StatuteEngine(Engine):
             allowed = set(self.index.ids_of(self.index.rows_where(where)).tolist())
             fused[:, [j for j, i in enumerate(ids) if i not in allowed]] = -np.inf
         for row, excluded in enumerate(exclude or []):
-            fused[row, [j for j, i in enumerate(ids) if i in set(map(str, excluded))]] = -np.inf
+            dropped = set(map(str, excluded))
+            fused[row, [j for j, i in enumerate(ids) if i in dropped]] = -np.inf
         best = top_k(fused, k)
         rows = self.index.rows_of([ids[j] for j in best.ravel()])
         payload = self.index.payload_of(np.unique(rows))

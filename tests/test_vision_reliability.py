@@ -274,6 +274,18 @@ def _edit_config(path, **changes):
     (path / "config.json").write_text(json.dumps({**config, **changes}))
 
 
+
+def _drop_tensor(model_dir, name):
+    """Rewrite model.safetensors without tensor `name`."""
+    save_file({k: v for k, v in load_file(model_dir / "model.safetensors").items() if k != name},
+              model_dir / "model.safetensors")
+
+
+def _add_tensor(model_dir, name):
+    """Rewrite model.safetensors with a stray tensor `name`."""
+    save_file({**load_file(model_dir / "model.safetensors"), name: torch.zeros(2)}, model_dir / "model.safetensors")
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda p: (p / "config.json").write_text("{garbled"), "not valid JSON"),
     (lambda p: (p / "config.json").write_text("[1, 2]"), "not a saved ragcli image encoder"),
@@ -288,10 +300,8 @@ def _edit_config(path, **changes):
     (lambda p: _edit_config(p, dim=True), "dim must be an integer"),
     (lambda p: (p / "model.safetensors").write_bytes(b"garbage"), "cannot read model.safetensors"),
     (lambda p: (p / "model.safetensors").unlink(), "does not exist"),
-    (lambda p: save_file({k: v for k, v in load_file(p / "model.safetensors").items() if k != "pool.p"},
-                         p / "model.safetensors"), "does not fit the model: Missing key.*pool.p"),
-    (lambda p: save_file({**load_file(p / "model.safetensors"), "extra": torch.zeros(2)}, p / "model.safetensors"),
-     "does not fit the model: Unexpected key.*extra"),
+    (lambda p: _drop_tensor(p, "pool.p"), "does not fit the model: Missing key.*pool.p"),
+    (lambda p: _add_tensor(p, "extra"), "does not fit the model: Unexpected key.*extra"),
     (lambda p: save_file({k: v.fill_(float("nan")) for k, v in load_file(p / "model.safetensors").items()},
                          p / "model.safetensors"), "NaN or infinite"),
 ], ids=["garbled-json", "not-an-object", "spec-type", "spec-unknown", "pooling", "image-size-type", "image-size-range",
@@ -385,10 +395,8 @@ def lens_dir(tmp_path):
     (lambda p: _edit_config(p, embed_dim=64, num_heads=4), "does not fit its config: .*size mismatch"),
     (lambda p: (p / "model.safetensors").write_bytes(b"\x08\0\0\0\0\0\0\0garbage!"), "not a valid FocalLens checkpoint"),
     (lambda p: (p / "model.safetensors").unlink(), "does not exist"),
-    (lambda p: save_file({k: v for k, v in load_file(p / "model.safetensors").items() if k != "proj.bias"},
-                         p / "model.safetensors"), "does not fit its config: Missing key.*proj.bias"),
-    (lambda p: save_file({**load_file(p / "model.safetensors"), "stray": torch.zeros(1)}, p / "model.safetensors"),
-     "does not fit its config: Unexpected key.*stray"),
+    (lambda p: _drop_tensor(p, "proj.bias"), "does not fit its config: Missing key.*proj.bias"),
+    (lambda p: _add_tensor(p, "stray"), "does not fit its config: Unexpected key.*stray"),
 ], ids=["garbled-json", "not-object", "no-config", "depth-0", "depth-negative", "size-type", "size-range", "patch",
         "huge-width", "heads", "bool-type", "temperature", "nan-ratio", "std", "text-encoder", "shapes",
         "garbled-weights", "no-weights", "missing-tensor", "unexpected-tensor"])

@@ -91,8 +91,6 @@ class ImageEngine(Engine):
     def __init__(self, index: VectorIndex, device: str = "auto"):
         super().__init__(index)
         info = index.encoder
-        if index.path is None:
-            raise UserError("the index has no directory to load its encoder from")
         self.condition = info.get("condition")
         self.device = device
         self.encoder = _load_encoder(info.get("kind", "encoder"),
