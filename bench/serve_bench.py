@@ -209,6 +209,7 @@ def in_process(args: argparse.Namespace) -> dict:
         results[name] = {"query_p50_ms": 1e3 * statistics.median(times),
                          "batch_qps": n / (time.perf_counter() - started)}
         print(f"{name}: query p50 {results[name]['query_p50_ms']:.1f} ms, query_batch {results[name]['batch_qps']:,.0f} q/s")
+    results["coliee"]["encoder_qps"] = encoder_ceiling([b["query"]["text"] for b in workloads()["coliee"]][:1024])
     help_times = []
     for _ in range(5):
         started = time.perf_counter()
@@ -217,6 +218,20 @@ def in_process(args: argparse.Namespace) -> dict:
     results["help_seconds"] = min(help_times)
     print(f"ragcli --help: {results['help_seconds']:.2f} s (best of 5)")
     return results
+
+
+def encoder_ceiling(questions: list[str]) -> dict[int, float]:
+    """MiniLM alone on the same questions, by batch size: the most any statute engine here can answer."""
+    from retrieval.dense import encode_texts
+
+    encode_texts(questions[:64])
+    ceiling = {}
+    for batch_size in (16, 32, 64):
+        started = time.perf_counter()
+        encode_texts(questions, batch_size=batch_size)
+        ceiling[batch_size] = len(questions) / (time.perf_counter() - started)
+    print("MiniLM alone, questions/s by batch size:", {b: round(q) for b, q in ceiling.items()})
+    return ceiling
 
 
 def main() -> None:
