@@ -260,6 +260,11 @@ def data() -> None:
 
 
 @ragcli.group()
+def plot() -> None:
+    """Pictures of runs: training curves."""
+
+
+@ragcli.group()
 def embed() -> None:
     """Embed raw material into vectors."""
 
@@ -299,6 +304,11 @@ def _cutoffs(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
 @click.option("--negatives", "n_negatives", type=click.IntRange(1, sasrec_limits.MAX_NEGATIVES), default=256,
               show_default=True, help="sampled-ce / gbce.")
 @click.option("--gbce-t", type=click.FloatRange(0, 1), default=0.75, show_default=True, help="gbce calibration t.")
+@click.option("--weight-decay", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="AdamW decay of linear weights (never biases or LayerNorm).")
+@click.option("--decay-embeddings", is_flag=True, help="Decay the item and position embeddings too.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="bf16 autocast; auto: bf16 on CUDA, float32 on CPU.")
 @click.option("--post-ln", is_flag=True, help="Post-LN blocks (default: pre-LN, as in the paper's equations).")
 @click.option("--patience", type=click.IntRange(1, sasrec_limits.MAX_EPOCHS), default=10, show_default=True,
               help="Evaluations without improvement.")
@@ -320,6 +330,20 @@ def train_sasrec_command(data: str, fmt: str, out: Path, post_ln: bool, as_json:
     emit(summary, as_json, lambda s: (
         f"saved {s['out']}: best validation NDCG@10 {s['best_valid_ndcg10']:.4f} at epoch {s['best_epoch']} "
         f"of {s['epochs_run']} ({s['seconds_per_epoch']:.1f} s/epoch, {s['users']} users, {s['items']} items)"))
+
+
+@plot.command("training")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
+@click.option("--title", help="Figure title (default: the model directory).")
+@json_option
+def plot_training_command(model_dir: Path, out: Path, title: str | None, as_json: bool) -> None:
+    """Draw MODEL_DIR's training.json (SASRec, Paraformer, Attentive CNN or FocalLens): loss and validation
+    metrics per epoch, the best epoch marked."""
+    from indexes.curves import plot_training
+
+    drawn = plot_training(model_dir, out, title)
+    emit(drawn, as_json, lambda d: f"wrote {d['out']}: {', '.join(d['series'])} over {d['epochs']} epochs")
 
 
 @evaluate.command("sasrec")

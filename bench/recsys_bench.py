@@ -4,6 +4,7 @@
     python bench/recsys_bench.py run --dataset games --loss ce --resume   # continue a stopped run from its best checkpoint
     python bench/recsys_bench.py evaluate --dataset games --loss ce # test the best checkpoint of a stopped run
     python bench/recsys_bench.py speed --loss bce --epochs 3        # epoch time at the reference settings
+    python bench/recsys_bench.py reference --repo DIR --epochs 3    # the same, against pmixer/SASRec.pytorch
     python bench/recsys_bench.py table                             # markdown table of every result JSON
 
 Quality: HR@10 / NDCG@10 of the leave-one-out test items under full ranking and sampled100, epochs to
@@ -14,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,6 +97,56 @@ def speed(args: argparse.Namespace) -> None:
                       "per_epoch": [(round(h["seconds"], 1), round(h["cpu_seconds"], 1)) for h in summary["history"]]}))
 
 
+def reference(args: argparse.Namespace) -> None:
+    """ragcli's bce epoch against the reference PyTorch port (pmixer/SASRec.pytorch, bce is its only
+    loss), run unmodified from a checkout (`--repo`, holding python/main.py) on the same file, settings and
+    thread count. Per-epoch wall and CPU seconds (the port's 3 sampler processes included) are read at
+    its epoch boundaries; the first epoch is left out of both, as it warms up."""
+    seqs = load_sequences(args.data or DATASETS["games"]["path"])
+    config = config_for(argparse.Namespace(**{**vars(args), "dataset": "games", "loss": "bce"}))
+    config.eval_every = config.epochs + 1
+    ours = train_sasrec(seqs, args.out / "speed" / "bce", config, overwrite=True)["history"][1:]
+    port = _reference_epochs(args.repo, args.data or DATASETS["games"]["path"], args.epochs, args.threads)
+    result = {"threads": args.threads, "epochs_timed": len(port),
+              "ragcli": {"wall_s_per_epoch": sum(h["seconds"] for h in ours) / len(ours),
+                         "cpu_s_per_epoch": sum(h["cpu_seconds"] for h in ours) / len(ours)},
+              "reference": {"wall_s_per_epoch": sum(w for w, _ in port) / len(port),
+                            "cpu_s_per_epoch": sum(c for _, c in port) / len(port)}}
+    result["cpu_speedup"] = result["reference"]["cpu_s_per_epoch"] / result["ragcli"]["cpu_s_per_epoch"]
+    (args.out / "reference.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+def _reference_epochs(repo: Path, data: Path, epochs: int, threads: int) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of the port's epochs 2..`epochs`, Games settings (maxlen 50, dropout 0.5)."""
+    with tempfile.TemporaryDirectory() as work:
+        for name in ("main.py", "model.py", "utils.py"):
+            (Path(work) / name).write_bytes((repo / "python" / name).read_bytes())
+        (Path(work) / "data").mkdir()
+        (Path(work) / "data" / "Games.txt").symlink_to(Path(data).resolve())
+        command = [sys.executable, "-u", "main.py", "--dataset", "Games", "--train_dir", "bench", "--device", "cpu",
+                   "--maxlen", "50", "--dropout_rate", "0.5", "--num_epochs", str(epochs)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        process = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, text=True)
+        marks = []  # (wall, CPU of the process tree) when an epoch starts, and at the end
+        for line in process.stdout:
+            if line.startswith("loss in epoch ") and line.split()[5] == "0:":
+                marks.append((time.perf_counter(), _tree_cpu(process.pid)))
+            elif line.startswith("Done"):
+                marks.append((time.perf_counter(), _tree_cpu(process.pid)))
+        process.wait()
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(marks[1:], marks[2:])]
+
+
+def _tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of `pid` and its live children, from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return own + sum(_tree_cpu(int(child)) for child in children if Path(f"/proc/{child}").exists())
+
+
 def write(args: argparse.Namespace, name: str, result: dict) -> None:
     result.update(threads=torch.get_num_threads(), blocks="post-LN" if args.post_ln else "pre-LN")
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
@@ -117,7 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "recsys")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in ("run", "evaluate", "speed"):
+    for command in ("run", "evaluate", "speed", "reference"):
         one = sub.add_parser(command)
         one.add_argument("--dataset", choices=DATASETS, default="games")
         one.add_argument("--data", type=Path, help="Override the dataset path.")
@@ -131,11 +185,12 @@ def main() -> None:
         one.add_argument("--resume", action="store_true", help="run: continue from the run's best checkpoint.")
         one.add_argument("--epochs-run", type=int, help="evaluate: epochs the stopped run had finished (its log).")
         one.add_argument("--peak-mb", type=float, help="evaluate: peak RSS of the stopped run (VmHWM).")
+        one.add_argument("--repo", type=Path, help="reference: a checkout of pmixer/SASRec.pytorch.")
     sub.add_parser("table")
     args = parser.parse_args()
     if args.command != "table":
         torch.set_num_threads(args.threads)
-    {"run": run, "evaluate": evaluate_checkpoint, "speed": speed, "table": table}[args.command](args)
+    {"run": run, "evaluate": evaluate_checkpoint, "speed": speed, "reference": reference, "table": table}[args.command](args)
 
 
 if __name__ == "__main__":

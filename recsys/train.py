@@ -1,5 +1,6 @@
 """Training SASRec: AdamW over precomputed padded tensors, validation NDCG@10 for early stopping,
-best checkpoint written atomically, resumable, bf16 autocast on CUDA, DDP when launched by torchrun.
+best checkpoint written atomically, resumable, bf16 autocast (CUDA by default, CPU when asked), DDP
+when launched by torchrun.
 
 One epoch visits every user once (the paper's sampling): a seeded permutation of the (users, maxlen)
 input/target tensors is cut into batches by slicing, so no Python runs per row.
@@ -34,6 +35,7 @@ from recsys.model import SASRec
 from recsys.recommender import STATE_FILE, Recommender, read_training_state
 
 OPTIMIZER_FILE = "optimizer.pt"
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, float32 on CPU
 
 
 @dataclass
@@ -51,11 +53,13 @@ class TrainConfig:
     pre_ln: bool = True
     lr: float = 1e-3
     weight_decay: float = 0.0
+    decay_embeddings: bool = False
     n_negatives: int = 256
     gbce_t: float = 0.75
     patience: int = 10
     eval_every: int = 1
     device: str = "auto"
+    precision: str = "auto"
     seed: int = 0
     k_core: int = 0
     min_len: int = 1
@@ -67,6 +71,7 @@ class TrainConfig:
                   "min_len": (1, MAX_COUNT), "seed": (0, MAX_SEED)}
         try:
             choice("loss", self.loss, LOSSES)
+            choice("precision", self.precision, PRECISIONS)
             for name, (low, high) in counts.items():
                 integer(name, getattr(self, name), low, high)
             check_architecture(1, **{name: getattr(self, name) for name in ARCHITECTURE})
@@ -193,11 +198,31 @@ def _start(seqs: Sequences, config: TrainConfig, device: str,
         state = read_training_state(resume)["state"]
         for name, value in model.architecture.items():  # the architecture is the checkpoint's
             setattr(config, name, value)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98),
-                                  weight_decay=config.weight_decay, fused=True)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay, config.decay_embeddings),
+                                  lr=config.lr, betas=(0.9, 0.98), fused=True)
     if resume is not None:
         _load_optimizer(optimizer, Path(resume) / OPTIMIZER_FILE, device)
     return model, optimizer, state
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
+    """AdamW groups: weight decay on the matrices of linear layers (and on embeddings when asked), none on
+    biases or LayerNorm. Decaying every row of an item table each step shrinks the rarely seen items
+    towards zero, which is seldom what a recommender wants."""
+    decayed, kept = [], []
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            decay = name == "weight" and (isinstance(module, torch.nn.Linear) or
+                                          (decay_embeddings and isinstance(module, torch.nn.Embedding)))
+            (decayed if decay else kept).append(parameter)
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": kept, "weight_decay": 0.0}]
+
+
+def _autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast when asked (or on CUDA by default), else nothing: the run stays in float32."""
+    if precision == "bf16" or (precision == "auto" and device.startswith("cuda")):
+        return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path, device: str) -> None:
@@ -228,7 +253,7 @@ def _train_epoch(net: torch.nn.Module, model: SASRec, optimizer: torch.optim.Opt
     batches = _batches(lengths, config.batch_size, torch.Generator().manual_seed(config.seed * 100_003 + epoch))
     batches = batches[: len(batches) - len(batches) % world][rank::world] if world > 1 else batches
     negatives = torch.Generator(device=device).manual_seed(config.seed * 100_003 + epoch * world + rank)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+    autocast = _autocast(config.precision, device)
     total, seen, start, cpu_start = torch.zeros((), device=device), 0, time.perf_counter(), time.process_time()
     bar = progress(batches, desc=f"epoch {epoch}", unit="batch", disable=rank > 0)
     for step, rows in enumerate(bar, 1):

@@ -7,7 +7,8 @@ import torch
 from recsys import Recommender
 from recsys.data import EvalCase, windows
 from recsys.evaluate import evaluate, metrics_from_ranks, sample_unseen, target_ranks
-from recsys.losses import LOSSES, sequence_loss
+import recsys.losses as losses
+from recsys.losses import LOSSES, ChunkedSoftmaxCE, sequence_loss
 from recsys.model import SASRec
 
 N_ITEMS = 20
@@ -69,6 +70,49 @@ def test_ce_equals_a_hand_computed_softmax():
     expected = -(logits.log_softmax(1)[torch.arange(3), targets - 1]).mean()
     got = sequence_loss("ce", states.unsqueeze(0), targets.unsqueeze(0), weight)
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 100])
+def test_chunked_ce_equals_the_plain_full_softmax(monkeypatch, chunk_rows):
+    """Values and gradients, whatever the chunking (one row, a ragged last chunk, one chunk)."""
+    generator = torch.Generator().manual_seed(0)
+    states = torch.randn(7, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    items = torch.randn(13, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    targets = torch.randint(0, 13, (7,), generator=generator)
+    monkeypatch.setattr(losses, "CE_CHUNK_BYTES", chunk_rows * 13 * 8)
+    chunked = ChunkedSoftmaxCE.apply(states, items, targets, torch.float64)
+    plain = torch.nn.functional.cross_entropy(states @ items.T, targets)
+    torch.testing.assert_close(chunked, plain)
+    for got, expected in zip(torch.autograd.grad(chunked, (states, items)), torch.autograd.grad(plain, (states, items))):
+        torch.testing.assert_close(got, expected)
+
+
+def test_chunked_ce_in_bfloat16_products_stays_close():
+    """bf16 products (autocast) with the softmax in float32: within bf16 rounding of the exact loss."""
+    generator = torch.Generator().manual_seed(1)
+    states = torch.randn(64, 16, generator=generator, requires_grad=True)
+    items = (0.3 * torch.randn(500, 16, generator=generator)).requires_grad_()
+    targets = torch.randint(0, 500, (64,), generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = sequence_loss("ce", states[None], targets[None] + 1, torch.cat([torch.zeros(1, 16), items]))
+    plain = torch.nn.functional.cross_entropy(states @ items.T, targets)
+    assert low.dtype == torch.float32 and abs(low.item() - plain.item()) < 1e-2 * plain.item()
+    grad_low, grad_plain = torch.autograd.grad(low, states)[0], torch.autograd.grad(plain, states)[0]
+    assert (grad_low - grad_plain).norm() < 0.02 * grad_plain.norm()
+
+
+def test_gbce_raises_the_positive_term_to_beta():
+    """gSASRec: with t > 0 the positive term is weighted by beta = alpha (t (1 - 1/alpha) + 1/alpha),
+    alpha = negatives / (n_items - 1); the negative terms are those of BCE over the same draws."""
+    states, targets, weight = torch.randn(5, 4), torch.tensor([1, 2, 3, 4, 5]), torch.randn(50, 4)
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    bce = sequence_loss("gbce", states[None], targets[None], weight, n_negatives=6, gbce_t=0.0, generator=gen())
+    gbce = sequence_loss("gbce", states[None], targets[None], weight, n_negatives=6, gbce_t=0.5, generator=gen())
+    alpha = 6 / 48
+    beta = alpha * (0.5 * (1 - 1 / alpha) + 1 / alpha)
+    positive = -torch.nn.functional.logsigmoid((states * weight[targets]).sum(1)).mean()
+    torch.testing.assert_close(gbce - bce, (beta - 1) * positive)
+    assert beta < 1 and gbce < bce
 
 
 def test_gbce_with_t_zero_is_bce_over_the_negatives():

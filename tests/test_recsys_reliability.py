@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import recsys.train as train_module
-from helpers import run
+from helpers import one_line_error, run
 from indexes import UserError
 from recsys import Recommender
 from recsys import fetch as fetch_module
@@ -39,14 +39,6 @@ TINY_CLI = ["--epochs", "1", "--batch-size", "32", "--maxlen", "8", "--hidden", 
 
 def snapshot(root):
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
-
-
-def one_line_error(result, *words):
-    """Exit 2 with exactly one stderr line holding `words`, no traceback."""
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert all(w in lines[0] for w in words), lines[0]
 
 
 @pytest.fixture(scope="module")

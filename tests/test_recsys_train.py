@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from indexes import BuildRequest, UserError, VectorIndex
 from indexes.metrics import hit_matrix, summarize
@@ -13,7 +14,9 @@ from recsys.data import LeaveOneOut, RawData, build_sequences
 from recsys.evaluate import evaluate
 from recsys.serve import RecommendationEngine, build_index
 from recsys.synthetic import item_table, markov_interactions, write_recbole
-from recsys.train import TrainConfig, train_sasrec
+import recsys.train as training
+from recsys.model import SASRec
+from recsys.train import TrainConfig, parameter_groups, train_sasrec
 
 N_ITEMS = 40
 CONFIG = dict(loss="ce", epochs=12, batch_size=32, maxlen=10, hidden=32, blocks=1, heads=2, dropout=0.1, lr=5e-3,
@@ -61,6 +64,35 @@ def test_resume_continues_from_the_checkpoint(dataset, tmp_path):
     assert summary["epochs_run"] == 4
     assert [h["epoch"] for h in summary["history"]] == list(range(1, 5))
     assert summary["history"][: saved["epoch"]] == saved["history"]
+
+
+def test_early_stopping_stops_after_patience_evaluations(dataset, tmp_path, monkeypatch):
+    """Validation NDCG peaks at epoch 2, then falls: with patience 3 the run ends at epoch 5 of 40."""
+    scores = iter([0.3, 0.5, 0.4, 0.3, 0.2] + [0.1] * 40)
+    monkeypatch.setattr(training, "evaluate", lambda *args, **kwargs: {"NDCG@10": next(scores)})
+    summary = train_sasrec(dataset[1], tmp_path / "m", TrainConfig(**dict(CONFIG, epochs=40, patience=3)))
+    assert (summary["epochs_run"], summary["best_epoch"], summary["best_valid_ndcg10"]) == (5, 2, 0.5)
+
+
+def test_bf16_training_on_cpu_learns_and_records_its_settings(dataset, tmp_path):
+    config = dict(CONFIG, epochs=3, precision="bf16", weight_decay=0.05)
+    summary = train_sasrec(dataset[1], tmp_path / "m", TrainConfig(**config))
+    losses = [h["loss"] for h in summary["history"]]
+    assert losses[-1] < losses[0] and summary["best_valid_ndcg10"] > 0.2
+    saved = json.loads((tmp_path / "m" / "training.json").read_text())["config"]
+    assert (saved["precision"], saved["weight_decay"], saved["decay_embeddings"]) == ("bf16", 0.05, False)
+
+
+def test_parameter_groups_decay_only_linear_weights():
+    model = SASRec(30, maxlen=6, hidden=8, blocks=2, heads=1)
+    decayed, kept = parameter_groups(model, 0.1)
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    assert {id(p) for p in decayed["params"]} == linear and decayed["weight_decay"] == 0.1
+    assert kept["weight_decay"] == 0.0 and len(decayed["params"]) + len(kept["params"]) == len(list(model.parameters()))
+    kept_ids = {id(p) for p in kept["params"]}
+    assert {id(model.item_emb.weight), id(model.pos_emb.weight), id(model.final_norm.weight)} <= kept_ids
+    with_embeddings, _ = parameter_groups(model, 0.1, decay_embeddings=True)
+    assert {id(p) for p in with_embeddings["params"]} == linear | {id(model.item_emb.weight), id(model.pos_emb.weight)}
 
 
 def test_resume_refuses_other_items(dataset, trained, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run
+from helpers import one_line_error, run
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from retrieval_models_corpus import ARTICLES, QUERIES
@@ -28,14 +28,6 @@ from retrieval.paraformer import Paraformer
 from retrieval.training import Features, Split, TrainConfig, fit
 
 PAIR = '<pair id="R01-1-A"><t1>Article 5\nA minor.</t1><t2>Can a minor contract?</t2></pair>'
-
-
-def one_line_error(result, *words: str) -> None:
-    """The CLI contract for a user mistake: exit 2, one stderr line, no traceback."""
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert all(w in lines[0] for w in words), lines[0]
 
 
 @pytest.fixture

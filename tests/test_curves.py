@@ -1,0 +1,58 @@
+"""Training curves: each trainer's training.json is drawn; bad records are one-line errors."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from indexes import UserError
+from indexes.curves import plot_training, training_history
+from helpers import one_line_error, run
+
+SASREC = {"config": {}, "state": {"history": [
+    {"epoch": 1, "loss": 9.1, "seconds": 2.0, "valid_ndcg10": 0.10},
+    {"epoch": 2, "loss": 8.2, "seconds": 2.0, "valid_ndcg10": 0.30},
+    {"epoch": 3, "loss": 7.9, "seconds": 2.0, "valid_ndcg10": 0.25}]}}
+PARAFORMER = {"history": [{"epoch": 1, "loss": 1.0, "valid_recall@5": 0.4}, {"epoch": 2, "loss": 0.5, "valid_recall@5": 0.6}]}
+FOCALLENS = {"loss": [2.0, 1.5, 1.2, 1.1], "seconds": 3.0}
+
+
+@pytest.mark.parametrize("record, series, best", [
+    (SASREC, ["loss", "valid_ndcg10"], {"epoch": 2.0, "value": 0.30}),
+    (PARAFORMER, ["loss", "valid_recall@5"], {"epoch": 2.0, "value": 0.6}),
+    (FOCALLENS, ["loss"], None),
+])
+def test_each_trainers_history_is_drawn(tmp_path, record, series, best):
+    (tmp_path / "training.json").write_text(json.dumps(record))
+    drawn = plot_training(tmp_path, tmp_path / "curve.png")
+    assert drawn["series"] == series
+    if best is not None:
+        assert drawn[f"best_{series[1]}"] == best
+    with Image.open(tmp_path / "curve.png") as image:
+        assert image.format == "PNG" and image.width > 400 * len(series)
+
+
+def test_history_rows_keep_epoch_loss_and_validation_only(tmp_path):
+    (tmp_path / "training.json").write_text(json.dumps(SASREC))
+    assert training_history(tmp_path)[1] == {"epoch": 2.0, "loss": 8.2, "valid_ndcg10": 0.30}
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "no per-epoch history"),
+    ('{"state": {"history": []}}', "history is empty"),
+    ("{not json", "training record"),
+])
+def test_bad_records_are_one_line_errors(tmp_path, content, message):
+    (tmp_path / "training.json").write_text(content)
+    with pytest.raises(UserError, match=message):
+        training_history(tmp_path)
+    one_line_error(run("plot", "training", tmp_path, "--out", tmp_path / "c.png"), message)
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_cli_plots_a_trained_sasrec(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "training.json").write_text(json.dumps(SASREC))
+    result = run("plot", "training", tmp_path / "m", "--out", tmp_path / "c.png", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["best_valid_ndcg10"]["epoch"] == 2.0 and (tmp_path / "c.png").stat().st_size > 1000
