@@ -405,16 +405,47 @@ def data_stats_command(path: str, fmt: str, as_json: bool) -> None:
 @click.option("--save-hybrid", type=click.Path(path_type=Path),
               help="hybrid: save the (tuned) weights and selection ratio here, for `index build --hybrid`.")
 @click.option("--overwrite", is_flag=True, help="Replace a hybrid ragcli saved at --save-hybrid.")
+@click.option("--protocol", type=click.Choice(["single", "forward"]), default="single", show_default=True,
+              help="forward: tune each test year on the years before it only, compare with BM25 (bootstrap).")
+@click.option("--tune-years", type=click.IntRange(1, 50), default=3, show_default=True,
+              help="forward: how many earlier years to tune on.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @json_option
-def eval_coliee(years: str, valid_years: str | None, as_json: bool, **options: Any) -> None:
+def eval_coliee(years: str, valid_years: str | None, protocol: str, tune_years: int, as_json: bool,
+                **options: Any) -> None:
     """Macro P / R / F2 of the selected article sets (as COLIEE scores them), Recall@N and MAP."""
     from retrieval.coliee import parse_years
+
+    if protocol == "forward":
+        from retrieval.protocol import forward_evaluate
+
+        ignored = [f"--{name.replace('_', '-')}" for name in ("rerank", "run", "run_id", "save_hybrid")
+                   if options.get(name)] + (["--valid-years"] if valid_years else [])
+        if ignored:
+            raise UserError(f"--protocol forward chooses its own tuning years; drop {', '.join(ignored)}")
+        result = forward_evaluate(options["data_dir"], parse_years(years), options["model"], tune_years,
+                                  options["encoder"], options["device"])
+        emit(result, as_json, _format_forward)
+        return
     from retrieval.evaluate import evaluate_coliee
 
     valid = parse_years(valid_years) if valid_years is not None else ()  # `--valid-years ''` is an error
     result = evaluate_coliee(years=parse_years(years), valid_years=valid, **options)
     emit(result, as_json, _format_coliee)
+
+
+def _format_forward(result: dict[str, Any]) -> str:
+    def row(name: str, r: dict[str, Any]) -> str:
+        f2, bm25 = r["metrics"]["F2"] if "metrics" in r else r["F2"], r["bm25_F2"]
+        low, high = r["F2_interval"]
+        gain_low, gain_high = r["gain_interval"]
+        return (f"{name:<8} {f2:.4f} [{low:.3f}, {high:.3f}]  BM25 {bm25:.4f}  "
+                f"gain {r['gain_over_bm25']:+.4f} [{gain_low:+.3f}, {gain_high:+.3f}]")
+
+    years = [row(r["year"], r) + f"  (tuned on {','.join(r['tuned_on'])}, ratio {r['ratio']:.2f})"
+             for r in result["years"]]
+    return "\n".join([f"{result['model']}, forward protocol (macro F2, 95% bootstrap intervals):", *years,
+                      row("pooled", result["pooled"]) + f"  (mean of years {result['pooled']['mean_year_F2']:.4f})"])
 
 
 def _format_coliee(result: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@
     python bench/recsys_bench.py run --dataset games --loss ce --resume   # continue a stopped run from its best checkpoint
     python bench/recsys_bench.py evaluate --dataset games --loss ce # test the best checkpoint of a stopped run
     python bench/recsys_bench.py speed --loss bce --epochs 3        # epoch time at the reference settings
+    python bench/recsys_bench.py speed --loss ce --epochs 2 --plain-ce   # the unchunked ce, for comparison
     python bench/recsys_bench.py reference --repo DIR --epochs 3    # the same, against pmixer/SASRec.pytorch
     python bench/recsys_bench.py table                             # markdown table of every result JSON
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -23,10 +25,12 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from recsys import losses  # noqa: E402
 from recsys.data import LeaveOneOut, load_sequences  # noqa: E402
 from recsys.evaluate import evaluate  # noqa: E402
 from recsys.recommender import Recommender  # noqa: E402
@@ -89,11 +93,16 @@ def speed(args: argparse.Namespace) -> None:
     seqs = load_sequences(args.data or DATASETS[args.dataset]["path"])
     config = config_for(args)
     config.eval_every = config.epochs + 1  # never validate: time training alone
-    start = time.perf_counter()
+    config.precision = args.precision
+    if args.plain_ce:  # the loss before chunking: the whole (positions, items) logits, softmax and gradient
+        losses._BY_NAME["ce"] = lambda states, targets, weight, **_: F.cross_entropy(states @ weight[1:].T, targets - 1)
+    start, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     summary = train_sasrec(seqs, args.out / "speed" / args.loss, config, overwrite=True)
-    print(json.dumps({"dataset": args.dataset, "loss": args.loss, "threads": torch.get_num_threads(),
+    print(json.dumps({"dataset": args.dataset, "loss": args.loss + (" (plain)" if args.plain_ce else ""),
+                      "precision": args.precision, "threads": torch.get_num_threads(),
                       "epochs": summary["epochs_run"], "wall_s_per_epoch": summary["seconds_per_epoch"],
                       "cpu_s_per_epoch": summary["cpu_seconds_per_epoch"], "total_s": time.perf_counter() - start,
+                      "peak_rss_mb": summary["peak_memory_mb"], "system_cpu_share": _system_share(usage),
                       "per_epoch": [(round(h["seconds"], 1), round(h["cpu_seconds"], 1)) for h in summary["history"]]}))
 
 
@@ -147,6 +156,13 @@ def _tree_cpu(pid: int) -> float:
     return own + sum(_tree_cpu(int(child)) for child in children if Path(f"/proc/{child}").exists())
 
 
+def _system_share(before: resource.struct_rusage) -> float:
+    """Kernel time as a share of this process's CPU time since `before` (page faults show up here)."""
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    system = after.ru_stime - before.ru_stime
+    return system / (after.ru_utime - before.ru_utime + system)
+
+
 def write(args: argparse.Namespace, name: str, result: dict) -> None:
     result.update(threads=torch.get_num_threads(), blocks="post-LN" if args.post_ln else "pre-LN")
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
@@ -186,6 +202,8 @@ def main() -> None:
         one.add_argument("--epochs-run", type=int, help="evaluate: epochs the stopped run had finished (its log).")
         one.add_argument("--peak-mb", type=float, help="evaluate: peak RSS of the stopped run (VmHWM).")
         one.add_argument("--repo", type=Path, help="reference: a checkout of pmixer/SASRec.pytorch.")
+        one.add_argument("--plain-ce", action="store_true", help="speed: time the unchunked ce, for comparison.")
+        one.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="speed: autocast.")
     sub.add_parser("table")
     args = parser.parse_args()
     if args.command != "table":

@@ -166,3 +166,19 @@ def summarize(
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; known: {sorted(_AT_K)}")
     return {f"{m}@{k}": float(_AT_K[m](hits, n_relevant, k).mean()) if len(hits) else 0.0 for m in metrics for k in ks}
+
+
+def bootstrap_interval(values: Sequence[float], baseline: Sequence[float] | None = None, confidence: float = 0.95,
+                       resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-query `values`, or, with `baseline` (the same
+    queries under another system), of the mean paired difference: so a gain is read with its noise."""
+    from scipy.stats import bootstrap
+
+    sample = np.asarray(values, dtype=np.float64)
+    if baseline is not None:
+        sample = sample - np.asarray(baseline, dtype=np.float64)
+    if len(sample) < 2 or np.ptp(sample) == 0:  # nothing to resample: the interval is the mean itself
+        return float(sample.mean()), float(sample.mean())
+    found = bootstrap((sample,), np.mean, confidence_level=confidence, n_resamples=resamples, method="percentile",
+                      rng=np.random.default_rng(seed))
+    return float(found.confidence_interval.low), float(found.confidence_interval.high)
