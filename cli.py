@@ -246,7 +246,7 @@ def _format_hits(rows: list[dict[str, Any]]) -> str:
 # ---- train / eval / data / embed: filled by the model families --------------------------------
 @ragcli.group()
 def train() -> None:
-    """Train a model (sasrec, paraformer, attentive-cnn, focallens)."""
+    """Train a model (sasrec, paraformer, attentive-cnn, bi-encoder, focallens)."""
 
 
 @ragcli.group("eval")
@@ -409,13 +409,17 @@ def data_stats_command(path: str, fmt: str, as_json: bool) -> None:
               help="forward: tune each test year on the years before it only, compare with BM25 (bootstrap).")
 @click.option("--tune-years", type=click.IntRange(1, 50), default=3, show_default=True,
               help="forward: how many earlier years to tune on.")
+@click.option("--finetune-epochs", type=click.IntRange(0, 100), default=0, show_default=True,
+              help="forward, dense / hybrid: fine-tune the encoder per test year on the years before its tuning years.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @json_option
-def eval_coliee(years: str, valid_years: str | None, protocol: str, tune_years: int, as_json: bool,
-                **options: Any) -> None:
+def eval_coliee(years: str, valid_years: str | None, protocol: str, tune_years: int, finetune_epochs: int,
+                as_json: bool, **options: Any) -> None:
     """Macro P / R / F2 of the selected article sets (as COLIEE scores them), Recall@N and MAP."""
     from retrieval.coliee import parse_years
 
+    if finetune_epochs and protocol != "forward":
+        raise UserError("--finetune-epochs belongs to --protocol forward (else: train bi-encoder, then --encoder DIR)")
     if protocol == "forward":
         from retrieval.protocol import forward_evaluate
 
@@ -424,7 +428,7 @@ def eval_coliee(years: str, valid_years: str | None, protocol: str, tune_years: 
         if ignored:
             raise UserError(f"--protocol forward chooses its own tuning years; drop {', '.join(ignored)}")
         result = forward_evaluate(options["data_dir"], parse_years(years), options["model"], tune_years,
-                                  options["encoder"], options["device"])
+                                  options["encoder"], options["device"], finetune_epochs)
         emit(result, as_json, _format_forward)
         return
     from retrieval.evaluate import evaluate_coliee
@@ -516,6 +520,33 @@ def train_paraformer(**options: Any) -> None:
     if options["encoder"] is None:
         options.pop("encoder")
     _train_neural("paraformer", **options)
+
+
+@train.command("bi-encoder")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="COLIEE folder. Default: the bundled sample.")
+@click.option("--train-years", default="H18..R01", show_default=True, help="Years whose questions train it.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Encoder directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an encoder directory ragcli wrote.")
+@click.option("--encoder", help="Starting sentence encoder: local path or hub id. Default: all-MiniLM-L6-v2.")
+@click.option("--epochs", type=click.IntRange(1, 100), default=2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2, 4096), default=16, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-5, show_default=True)
+@click.option("--hard-negatives", type=click.IntRange(0, 32), default=1, show_default=True,
+              help="Mined negatives per (question, article) pair.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
+@json_option
+def train_bi_encoder_command(train_years: str, as_json: bool, **options: Any) -> None:
+    """Fine-tune the sentence encoder on (question, gold article) pairs (sentence-transformers' trainer,
+    MultipleNegativesRankingLoss with mined hard negatives); use it with --encoder DIR."""
+    from retrieval.coliee import parse_years
+    from retrieval.finetune import train_bi_encoder
+
+    record = train_bi_encoder(options.pop("data_dir"), parse_years(train_years), options.pop("out"),
+                              options.pop("encoder"), **options)
+    emit(record, as_json, lambda r: (
+        f"encoder saved to {r['out']}: {r['pairs']} pairs from {len(r['train_years'])} years, {r['epochs']} epochs, "
+        f"loss {r['history'][0]['loss']:.4f} -> {r['history'][-1]['loss']:.4f}, {r['train_seconds']} s"))
 
 
 @train.command("attentive-cnn")

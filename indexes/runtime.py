@@ -30,6 +30,11 @@ def set_progress(enabled: bool) -> None:
     _progress_enabled = enabled
 
 
+def progress_enabled() -> bool:
+    """Whether bars are on (for libraries that draw their own, such as the sentence-transformers trainer)."""
+    return _progress_enabled
+
+
 def progress(iterable: Iterable[T] | None = None, **kwargs) -> tqdm:
     """A tqdm bar on stderr that honours `set_progress`; pass-through otherwise."""
     kwargs.setdefault("leave", False)

@@ -30,7 +30,8 @@ from retrieval.bm25 import BM25Retriever
 from retrieval.checks import MAX_EPOCHS
 from retrieval.coliee import Article, Query, load_coliee, parse_years
 from retrieval.dense import DenseRetriever
-from retrieval.paraformer import Paraformer, SentenceFeaturizer, article_lines, finetune_encoder
+from retrieval.finetune import finetune_encoder, question_article_pairs
+from retrieval.paraformer import Paraformer, SentenceFeaturizer, article_lines
 from retrieval.training import Features, Split, TrainConfig, fit, hard_negative_pool, score_matrix
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"paraformer": Paraformer, "attentive-cnn": AttentiveCNN}
@@ -210,9 +211,9 @@ def _new_model(architecture: str, articles: Sequence[Article], train_queries: Se
     encoder = options.pop("encoder", DEFAULT_TEXT_ENCODER)
     source = encoder
     if finetune_epochs:
-        by_id = {a.id: a for a in articles}
-        pairs = [(q.text, by_id[g].text) for q in train_queries for g in q.gold if g in by_id]
-        source = finetune_encoder(encoder, pairs, workdir / ENCODER_DIR, epochs=finetune_epochs, device=device, seed=seed)
+        source = workdir / ENCODER_DIR
+        finetune_encoder(encoder, question_article_pairs(articles, train_queries), source,
+                         corpus=[a.search_text for a in articles], epochs=finetune_epochs, device=device, seed=seed)
     featurizer = SentenceFeaturizer(source, device)
     dim = featurizer.embed([articles[0].text]).shape[1]
     return Paraformer(dim=dim, encoder=encoder, finetuned_encoder=bool(finetune_epochs), **options), featurizer

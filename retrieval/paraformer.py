@@ -6,7 +6,7 @@ carry the decision (and the top one explains it), and a classifier scores the (q
 pair from their interaction features (q * a, |q - a|): without the raw vectors it cannot memorise
 which articles were often gold in training (the 4-part [q, a, q * a, |q - a|] input overfit after
 one epoch). Sentence embeddings come from a frozen sentence-transformers encoder (all-MiniLM-L6-v2 by
-default) and are computed once per corpus; `finetune_encoder` adapts the encoder first, as an option.
+default) and are computed once per corpus; `retrieval.finetune` adapts the encoder first, as an option.
 """
 
 from __future__ import annotations
@@ -19,15 +19,13 @@ import numpy as np
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
-from torch.nn import functional as F
 
 from indexes.checks import boolean, integer, number, text
-from indexes.runtime import progress
-from indexes.text_encoder import load_text_encoder, open_text_encoder
+from indexes.text_encoder import load_text_encoder
 from retrieval.checks import MAX_WIDTH
 from retrieval.coliee import Article
 from retrieval.sparsemax import sparsemax
-from retrieval.training import Features, stop_if_diverged
+from retrieval.training import Features
 
 
 class Paraformer(nn.Module, PyTorchModelHubMixin):
@@ -99,40 +97,3 @@ class SentenceFeaturizer:
         return Features((padded, mask))
 
 
-def finetune_encoder(encoder: str | Path, pairs: Sequence[tuple[str, str]], out: Path, *, epochs: int = 1,
-                     batch_size: int = 16, lr: float = 2e-5, device: str = "cpu", seed: int = 0) -> Path:
-    """Adapt a sentence encoder to (query, gold article) pairs with in-batch negatives; save it to `out`.
-
-    Contrastive (MultipleNegativesRanking-style) loss with scale 20 on cosine similarities.
-    """
-    model = open_text_encoder(str(encoder), device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for epoch in range(epochs):
-        for batch in progress(torch.randperm(len(pairs), generator=generator).split(batch_size),
-                              desc=f"encoder epoch {epoch + 1}"):
-            queries, docs = zip(*(pairs[i] for i in batch.tolist()))
-            q, d = (F.normalize(_embed(model, texts), dim=-1) for texts in (queries, docs))
-            labels = _same_doc_labels(docs)
-            loss = -(F.log_softmax(20.0 * q @ d.T, dim=1) * labels).sum(1).mean()
-            stop_if_diverged(loss.detach(), "the encoder's loss", epoch + 1, lr)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    model.save(str(out))
-    return out
-
-
-def _embed(model, texts: Sequence[str]) -> torch.Tensor:
-    features = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in model.preprocess(list(texts)).items()}
-    return model(features)["sentence_embedding"]
-
-
-def _same_doc_labels(docs: Sequence[str]) -> torch.Tensor:
-    """Row-normalised (B, B) targets: a query's positives are every in-batch copy of its article."""
-    first = {d: i for i, d in reversed(list(enumerate(docs)))}
-    keys = torch.tensor([first[d] for d in docs])
-    same = (keys[:, None] == keys[None, :]).float()
-    return same / same.sum(1, keepdim=True)

@@ -8,6 +8,7 @@ per-question F2 says whether a gain is larger than the noise of a 100-question e
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from indexes.metrics import bootstrap_interval, set_precision_recall_fbeta
 from retrieval.base import Retriever, checked_scores
 from retrieval.coliee import Coliee, Query, load_coliee
 from retrieval.evaluate import coliee_metrics, make_retriever, tune_on
+from retrieval.finetune import finetune_encoder, question_article_pairs
 from retrieval.fusion import HybridRetriever
 from retrieval.selection import select
 
@@ -49,27 +51,47 @@ def score_year(retriever: Retriever, tune: Sequence[Query], test: Sequence[Query
 
 def forward_evaluate(data_dir: Path | None, years: Sequence[str], model: str = "hybrid",
                      tune_years: int = DEFAULT_TUNE_YEARS, encoder: str | None = None, device: str = "auto",
-                     data: Coliee | None = None) -> dict[str, Any]:
+                     finetune_epochs: int = 0, seed: int = 0, data: Coliee | None = None) -> dict[str, Any]:
     """Score each of `years` under the forward protocol, with `model` (bm25 | dense | hybrid) and BM25
     beside it; per year and pooled: macro F2 with a 95% bootstrap interval, and the paired interval of
-    the difference to BM25."""
+    the difference to BM25. With `finetune_epochs`, each test year gets its own encoder, fine-tuned on
+    the years before its tuning years."""
     data = data or load_coliee(data_dir)
     missing = [y for y in years if y not in data.years]
     if missing:
         raise UserError(f"no query file for {', '.join(missing)}; available years: {', '.join(data.years)}")
-    if model not in ("bm25", "dense", "hybrid"):
-        raise UserError(f"--protocol forward scores bm25, dense or hybrid (a trained model would need training "
-                        f"per test year), got {model!r}")
-    system = make_retriever(model, data.articles, encoder, device=device)
-    baseline = system if model == "bm25" else make_retriever("bm25", data.articles)
+    if model not in ("bm25", "dense", "hybrid") or (finetune_epochs and model == "bm25"):
+        raise UserError(f"--protocol forward scores bm25, dense or hybrid (fine-tuning: dense or hybrid), got {model!r}")
+    baseline = make_retriever("bm25", data.articles)
+    fixed = None if finetune_epochs else make_retriever(model, data.articles, encoder, device=device)
     rows = []
     for year in years:
-        tune, test = data.queries(tuning_years(data.years, year, tune_years)), data.queries([year])
-        ours, bm25 = score_year(system, tune, test), score_year(baseline, tune, test)
-        rows.append({"year": year, "tuned_on": sorted({q.year for q in tune}), "queries": len(test), **ours,
-                     "bm25_F2": bm25["metrics"]["F2"], "bm25_f2": bm25["f2"]})
-    return {"model": system.name, "protocol": "forward", "tune_years": tune_years,
+        tune = tuning_years(data.years, year, tune_years)
+        with tempfile.TemporaryDirectory() as scratch:
+            system, trained_on = fixed, []
+            if finetune_epochs:
+                trained_on = data.years[: data.years.index(tune[0])]
+                system = make_retriever(model, data.articles, _finetuned(data, trained_on, Path(scratch), encoder,
+                                                                         finetune_epochs, device, seed), device=device)
+            tune_queries, test = data.queries(tune), data.queries([year])
+            ours, bm25 = score_year(system, tune_queries, test), score_year(baseline, tune_queries, test)
+        rows.append({"year": year, "tuned_on": tune, **({"trained_on": trained_on} if finetune_epochs else {}),
+                     "queries": len(test), **ours, "bm25_F2": bm25["metrics"]["F2"], "bm25_f2": bm25["f2"]})
+    name = system.name + (f" (encoder fine-tuned {finetune_epochs} epochs per year)" if finetune_epochs else "")
+    return {"model": name, "protocol": "forward", "tune_years": tune_years,
             "years": [_summary(row) for row in rows], "pooled": _pooled(rows)}
+
+
+def _finetuned(data: Coliee, years: Sequence[str], scratch: Path, encoder: str | None, epochs: int, device: str,
+               seed: int) -> str:
+    """An encoder fine-tuned on the questions of `years` (in `scratch`), for one test year."""
+    if not years:
+        raise UserError("no exam year before the tuning years to fine-tune the encoder on; test a later year "
+                        "or tune on fewer years (--tune-years)")
+    out = scratch / "encoder"
+    finetune_encoder(encoder, question_article_pairs(data.articles, data.queries(years)), out,
+                     corpus=[a.search_text for a in data.articles], epochs=epochs, device=device, seed=seed)
+    return str(out)
 
 
 def _summary(row: dict[str, Any]) -> dict[str, Any]:

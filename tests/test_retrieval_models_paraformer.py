@@ -11,33 +11,11 @@ from retrieval_models_corpus import ARTICLES, QUERIES
 from cli import ragcli
 from indexes.errors import UserError
 from indexes.files import atomic_dir
-from retrieval.attentive_cnn import words
 from retrieval.models import load_retriever, train
 from retrieval.paraformer import Paraformer, SentenceFeaturizer, article_lines
 from retrieval.training import TrainConfig
 
 FAST = TrainConfig(epochs=3, lr=5e-3, batch_size=4, negatives=4, pool_size=4, patience=3, recall_k=2, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory):
-    """A randomly initialised 1-layer BERT (hidden 32) saved as a sentence-transformers model."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    root = tmp_path_factory.mktemp("tiny-encoder")
-    texts = [a.text for a in ARTICLES] + [q.text for q in QUERIES]
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for t in texts for w in words(t)})
-    (root / "vocab.txt").write_text("\n".join(vocab), encoding="utf-8")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(root / "bert")
-    BertTokenizerFast(vocab_file=str(root / "vocab.txt")).save_pretrained(root / "bert")
-    encoder = SentenceTransformer(modules=[Transformer(str(root / "bert")), Pooling(32, "mean")])
-    encoder.save(str(root / "st"))
-    return str(root / "st")
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +93,8 @@ def test_load_retriever_rejects_what_is_not_a_model(tmp_path):
 def test_finetuned_encoder_is_saved_and_used(tiny_encoder, tmp_path):
     summary = train("paraformer", ARTICLES, QUERIES[:8], QUERIES[8:], tmp_path / "ft",
                     TrainConfig(epochs=1, batch_size=4, negatives=2, pool_size=2, device="cpu"),
-                    encoder=tiny_encoder, finetune_epochs=1, hidden=8)
-    assert summary["finetune_epochs"] == 1 and (tmp_path / "ft" / "encoder" / "modules.json").is_file()
+                    encoder=tiny_encoder, finetune_epochs=2, hidden=8)
+    assert summary["finetune_epochs"] == 2 and (tmp_path / "ft" / "encoder" / "modules.json").is_file()
     retriever = load_retriever(tmp_path / "ft", ARTICLES, device="cpu")
     assert retriever.featurizer.encoder_name == str((tmp_path / "ft" / "encoder").resolve())
     frozen = SentenceFeaturizer(tiny_encoder).embed([ARTICLES[0].text])
