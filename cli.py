@@ -244,7 +244,45 @@ def _format_hits(rows: list[dict[str, Any]]) -> str:
 
 
 # ---- train / eval / data / embed: filled by the model families --------------------------------
-@ragcli.group()
+NOT_REPLAYED = frozenset({"out", "overwrite", "resume", "as_json"})  # where a replay writes is asked anew
+RENAMED = {"pre_ln": ("post_ln", lambda pre_ln: not pre_ln)}  # recorded name -> (option, value)
+
+
+def _replay(ctx: click.Context, _param: click.Parameter, path: Path | None) -> None:
+    """Make a recorded run's settings the defaults of this command's options (given options win)."""
+    if path is None:
+        return
+    from indexes.records import recorded_settings
+
+    names = {p.name for p in ctx.command.params} - NOT_REPLAYED
+    defaults = {}
+    for key, value in recorded_settings(path).items():
+        name, convert = RENAMED.get(key, (key, lambda v: v))
+        if name in names and value is not None:
+            value = convert(value)
+            defaults[name] = ",".join(map(str, value)) if isinstance(value, list) else value
+    if not defaults:
+        raise UserError(f"{path}: no settings of `train {ctx.command.name}` in it")
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+class ReplayableCommand(click.Command):
+    """A `train` command: `--config training.json` replays a recorded run's settings; options given on
+    the command line override them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.insert(0, click.Option(
+            ["--config", "replay"], type=click.Path(path_type=Path, dir_okay=False), is_eager=True,
+            expose_value=False, callback=_replay,
+            help="A run's training.json: its settings become the defaults (options given here win)."))
+
+
+class TrainGroup(click.Group):
+    command_class = ReplayableCommand
+
+
+@ragcli.group(cls=TrainGroup)
 def train() -> None:
     """Train a model (sasrec, paraformer, attentive-cnn, bi-encoder, focallens)."""
 
@@ -340,7 +378,7 @@ def train_sasrec_command(data: str, fmt: str, out: Path, post_ln: bool, as_json:
 def plot_training_command(model_dir: Path, out: Path, title: str | None, as_json: bool) -> None:
     """Draw MODEL_DIR's training.json (SASRec, Paraformer, Attentive CNN or FocalLens): loss and validation
     metrics per epoch, the best epoch marked."""
-    from indexes.curves import plot_training
+    from indexes.records import plot_training
 
     drawn = plot_training(model_dir, out, title)
     emit(drawn, as_json, lambda d: f"wrote {d['out']}: {', '.join(d['series'])} over {d['epochs']} epochs")

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from indexes import UserError, ragcli_home
 from indexes.files import atomic_dir, expand, output_lock, regular_file
 from indexes.runtime import progress
+from indexes.samples import sample_dir
 
 CHUNK = 1 << 16
 
@@ -39,16 +40,22 @@ DATASETS: dict[str, Archive] = {
 }
 
 
+SAMPLE = "recsys-sample"  # bundled with ragcli (indexes.samples): 300 synthetic users over 60 items
+
+
 def data_home() -> Path:
     """Default folder for downloaded datasets: `$RAGCLI_HOME/data`."""
     return ragcli_home() / "data"
 
 
 def resolve_data(name_or_path: str | Path, data_dir: Path | None = None) -> Path:
-    """A dataset path, or a fetched dataset's folder by name (ml-100k, ml-1m, ml-20m)."""
+    """A dataset path, a fetched dataset's folder by name (ml-100k, ml-1m, ml-20m), or the bundled
+    `recsys-sample`."""
     path = Path(name_or_path)
     if path.exists():
         return path
+    if str(name_or_path) == SAMPLE:
+        return sample_dir(SAMPLE)
     if str(name_or_path) in DATASETS:
         folder = (data_dir or data_home()) / str(name_or_path)
         if folder.exists():

@@ -16,7 +16,7 @@ from indexes.engine import Engine, Query
 from indexes.files import inside
 from indexes.registry import Family, register_family
 from recsys.data import read_interactions
-from recsys.fetch import DATASETS, resolve_data
+from recsys.fetch import DATASETS, SAMPLE, resolve_data
 from recsys.recommender import Recommender
 
 MODEL_DIR = "model"
@@ -73,6 +73,6 @@ class RecommendationEngine(Engine):
 
 
 FAMILY = register_family(Family(
-    name="recsys", corpora={name: build_index for name in DATASETS}, opener=RecommendationEngine,
+    name="recsys", corpora={name: build_index for name in (*DATASETS, SAMPLE)}, opener=RecommendationEngine,
     build_options=frozenset({"data_dir", "model", "options"}), accepts_path=True,
 ))

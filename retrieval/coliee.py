@@ -20,8 +20,9 @@ from typing import Any
 
 from indexes.errors import UserError
 from indexes.files import regular_file
+from indexes.samples import sample_dir
 
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "coliee-sample"
+SAMPLE = "coliee-sample"  # bundled with ragcli (indexes.samples)
 HEADING_LEVELS = ("Part", "Chapter", "Section", "Subsection", "Division")
 
 _ARTICLE_ID = r"\d+(?:-\d+)*"
@@ -214,7 +215,7 @@ def find_query_files(data_dir: Path) -> dict[str, Path]:
 
 def load_coliee(data_dir: str | Path | None = None) -> Coliee:
     """Open a COLIEE folder (default: the bundled sample): its civil_code_en*.txt and riteval files."""
-    data_dir = Path(data_dir).expanduser() if data_dir is not None else SAMPLE_DIR
+    data_dir = Path(data_dir).expanduser() if data_dir is not None else sample_dir(SAMPLE)
     if not data_dir.is_dir():
         raise UserError(f"no COLIEE data folder at {data_dir}" + (" (it is a file)" if data_dir.exists() else ""))
     codes = sorted(data_dir.rglob("civil_code_en*.txt"))

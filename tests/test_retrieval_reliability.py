@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 from indexes.errors import UserError
 from indexes.text_encoder import load_text_encoder
 from retrieval.attentive_cnn import PAD, UNK, AttentiveCNN, Vocab
-from retrieval.coliee import SAMPLE_DIR, load_coliee, parse_years, read_civil_code, read_query_file
+from indexes.samples import sample_dir
+from retrieval.coliee import SAMPLE, load_coliee, parse_years, read_civil_code, read_query_file
 from retrieval.fusion import HybridRetriever
 from retrieval.models import load_retriever
 from retrieval.paraformer import Paraformer
@@ -34,7 +35,7 @@ PAIR = '<pair id="R01-1-A"><t1>Article 5\nA minor.</t1><t2>Can a minor contract?
 def coliee_dir(tmp_path: Path) -> Path:
     """A copy of the bundled sample (civil code, R02, R03)."""
     target = tmp_path / "coliee"
-    shutil.copytree(SAMPLE_DIR, target)
+    shutil.copytree(sample_dir(SAMPLE), target)
     return target
 
 

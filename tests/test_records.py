@@ -1,4 +1,4 @@
-"""Training curves: each trainer's training.json is drawn; bad records are one-line errors."""
+"""Training records: each trainer's training.json is drawn, and replayed by `train --config`; bad records are one-line errors."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from indexes import UserError
-from indexes.curves import plot_training, training_history
+from indexes.records import plot_training, training_history
 from helpers import one_line_error, run
 
 SASREC = {"config": {}, "state": {"history": [
@@ -56,3 +56,28 @@ def test_cli_plots_a_trained_sasrec(tmp_path):
     result = run("plot", "training", tmp_path / "m", "--out", tmp_path / "c.png", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["best_valid_ndcg10"]["epoch"] == 2.0 and (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_train_config_replays_a_run_and_options_override_it(tmp_path):
+    tiny = ["--data", "recsys-sample", "--device", "cpu", "--maxlen", 12, "--hidden", 8, "--blocks", 1, "--post-ln",
+            "--lr", 0.005, "--batch-size", 64, "--seed", 3]
+    first = run("train", "sasrec", *tiny, "--epochs", 2, "--out", tmp_path / "first", "--json")
+    assert first.exit_code == 0, first.output
+    replay = run("train", "sasrec", "--config", tmp_path / "first" / "training.json", "--data", "recsys-sample",
+                 "--epochs", 1, "--out", tmp_path / "replay", "--json")
+    assert replay.exit_code == 0, replay.output
+    before = json.loads((tmp_path / "first" / "training.json").read_text())["config"]
+    after = json.loads((tmp_path / "replay" / "training.json").read_text())["config"]
+    assert after == {**before, "epochs": 1}  # every recorded setting (post-LN included) but the one given
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"config": {"hidden": "big"}}', "'--hidden'"),
+    ('{"unrelated": 1}', "no settings of `train sasrec`"),
+    ("[]", "a training record is a JSON object"),
+])
+def test_train_config_errors_are_one_line(tmp_path, content, message):
+    (tmp_path / "t.json").write_text(content)
+    one_line_error(run("train", "sasrec", "--config", tmp_path / "t.json", "--data", "recsys-sample", "--out",
+                       tmp_path / "m"), message)
+    assert not (tmp_path / "m").exists()

@@ -1,9 +1,10 @@
-"""Training curves: a model directory's `training.json` drawn as PNG (loss, and each validation metric,
-per epoch), because a curve is read at a glance where a JSON history is not.
+"""Training records: a model directory's `training.json`, read back as the per-epoch history (drawn as
+PNG, loss and each validation metric, because a curve is read at a glance where JSON is not) and as the
+settings of the run (`ragcli train ... --config training.json` replays them).
 
-Reads the three trainers' histories: SASRec's (`state.history`, dicts with `loss` and `valid_ndcg10`),
-Paraformer / Attentive CNN's (`history`, dicts with `loss` and `valid_recall@K`) and FocalLens's
-(`loss`, one number per epoch).
+Reads the trainers' records: SASRec's (`config`, `state.history` with `loss` and `valid_ndcg10`),
+Paraformer / Attentive CNN's (`config`, `history` with `loss` and `valid_recall@K`), the bi-encoder's
+(settings at the top, `history`) and FocalLens's (`settings`, `loss`: one number per epoch).
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ def training_history(model_dir: str | Path) -> list[dict[str, float]]:
     if not rows:
         raise UserError(f"{path}: the history is empty (no epoch finished)")
     return rows
+
+
+def recorded_settings(path: str | Path) -> dict[str, Any]:
+    """The settings a record holds: its top-level values with its `config` / `settings` object over
+    them (results such as `history` are kept too; the caller picks the names it knows)."""
+    path = Path(path)
+    saved = read_json(path / TRAINING_FILE if path.is_dir() else path, "training record")
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: a training record is a JSON object")
+    nested = [saved[key] for key in ("config", "settings") if isinstance(saved.get(key), dict)]
+    return {**saved, **{k: v for section in nested for k, v in section.items()}}
 
 
 def _rows(saved: Any) -> list[dict[str, float]] | None:

@@ -1,0 +1,1 @@
+"""The samples ragcli ships (written for this project, not taken from any dataset): `ragcli.data`."""
