@@ -30,9 +30,13 @@ def set_progress(enabled: bool) -> None:
     _progress_enabled = enabled
 
 
-def progress_enabled() -> bool:
-    """Whether bars are on (for libraries that draw their own, such as the sentence-transformers trainer)."""
-    return _progress_enabled
+LONG_WORK = 512  # items (texts to embed, ...) from which a library's own bar is worth showing
+
+
+def progress_enabled(items: int | None = None) -> bool:
+    """Whether bars are on (for libraries that draw their own: sentence-transformers' encode and
+    trainer); with `items`, also whether that much work is long enough to deserve one."""
+    return _progress_enabled and (items is None or items >= LONG_WORK)
 
 
 def progress(iterable: Iterable[T] | None = None, **kwargs) -> tqdm:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from indexes.runtime import progress_enabled
 from indexes.text_encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
 
 
@@ -13,7 +14,7 @@ def encode_texts(texts: Sequence[str], encoder: str | None = None, device: str =
     """Unit-norm float32 embeddings of `texts` with the sentence-transformers model `encoder`."""
     model = load_text_encoder(encoder or DEFAULT_TEXT_ENCODER, device)
     vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                           convert_to_numpy=True, show_progress_bar=False)
+                           convert_to_numpy=True, show_progress_bar=progress_enabled(len(texts)))
     return np.asarray(vectors, dtype=np.float32)
 
 

@@ -21,6 +21,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from indexes.checks import boolean, integer, number, text
+from indexes.runtime import progress_enabled
 from indexes.text_encoder import load_text_encoder
 from retrieval.checks import MAX_WIDTH
 from retrieval.coliee import Article
@@ -79,7 +80,7 @@ class SentenceFeaturizer:
         if missing:
             model = load_text_encoder(self.encoder_name, self.device)
             vectors = model.encode(missing, batch_size=self.batch_size, convert_to_numpy=True,
-                                   normalize_embeddings=True, show_progress_bar=False)
+                                   normalize_embeddings=True, show_progress_bar=progress_enabled(len(missing)))
             self._cache.update(zip(missing, vectors.astype(np.float32)))
         return torch.from_numpy(np.stack([self._cache[t] for t in texts])) if texts else torch.zeros(0, 0)
 
