@@ -30,7 +30,7 @@ from retrieval.dense import encode_texts
 from retrieval.fusion import HybridConfig, HybridRetriever
 from retrieval.models import NeuralRetriever, ParaformerRetriever, load_retriever
 
-BM25_DIR, MODEL_DIR, HYBRID_DIR = "bm25", "model", "hybrid"
+BM25_DIR, MODEL_DIR, HYBRID_DIR, ENCODER_DIR = "bm25", "model", "hybrid", "encoder"
 ARTICLES_FILE, FEATURES_FILE = "articles.json", "article_features.safetensors"
 
 
@@ -46,6 +46,10 @@ def build_index(request: BuildRequest, out: Path) -> VectorIndex:
     parts = ["bm25", "dense"]
     settings: dict[str, Any] = {"family": "retrieval", "dense": encoder, "bm25": BM25_DIR}
     extras = {BM25_DIR: BM25Retriever.build(texts, ids).save}
+    if Path(encoder).expanduser().is_dir():  # a local encoder (say, fine-tuned) travels inside the index
+        encoder = str(Path(encoder).expanduser())
+        settings.update(dense=Path(encoder).name, dense_dir=ENCODER_DIR)
+        extras[ENCODER_DIR] = partial(shutil.copytree, encoder)
     if request.model is not None:
         model = load_retriever(request.model, articles, request.device)
         parts.append(model.name)
@@ -101,7 +105,8 @@ class StatuteEngine(Engine):
             raise UserError(f"index {index.path} has no BM25 index beside its vectors; rebuild it")
         device = resolve_device(device)
         bm25 = BM25Retriever.load(inside(index.path, settings.get("bm25", BM25_DIR), "bm25"))
-        retrievers: list[Any] = [bm25, IndexedDense(index, bm25.article_ids, settings.get("dense"), device)]
+        dense = str(inside(index.path, settings["dense_dir"], "dense_dir")) if "dense_dir" in settings else settings.get("dense")
+        retrievers: list[Any] = [bm25, IndexedDense(index, bm25.article_ids, dense, device)]
         self.model = _load_model(index, device) if "model_dir" in settings else None
         if self.model is not None:
             if self.model.article_ids != bm25.article_ids:

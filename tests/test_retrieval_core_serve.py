@@ -78,3 +78,23 @@ def test_unknown_encoder_is_a_user_error(tmp_path):
     result = CliRunner().invoke(ragcli, ["index", "build", "--corpus", "coliee", "--encoder", str(tmp_path / "no-model"),
                                          "--name", str(tmp_path / "idx")])
     assert result.exit_code == 2 and "cannot load sentence encoder" in result.output and not (tmp_path / "idx").exists()
+
+
+def test_a_local_encoder_travels_inside_the_index(tiny_encoder, tmp_path, monkeypatch):
+    """A fine-tuned (local) encoder is copied into the index: queries work from anywhere, and after the
+    original folder is gone, with the same hits as through the original."""
+    encoder = tmp_path / "my-encoder"
+    shutil.copytree(tiny_encoder, encoder)
+    monkeypatch.chdir(tmp_path)
+    built = CliRunner().invoke(ragcli, ["index", "build", "--corpus", "coliee", "--encoder", "./my-encoder", "--name",
+                                        str(tmp_path / "idx"), "--device", "cpu", "--json"])
+    assert built.exit_code == 0, built.output
+    assert json.loads(built.stdout)["encoder"]["dense_dir"] == "encoder"
+    query = ["index", "query", str(tmp_path / "idx"), "Can a minor cancel a contract?", "-k", "3", "--device", "cpu",
+             "--json"]
+    before = json.loads(CliRunner().invoke(ragcli, query).stdout)
+    shutil.rmtree(encoder)
+    monkeypatch.chdir(tmp_path.parent)
+    after = CliRunner().invoke(ragcli, query)
+    assert after.exit_code == 0, after.output
+    assert json.loads(after.stdout) == before
