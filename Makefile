@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM = false
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=77"  # the wheel test builds offline, without isolation
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77,<81"  # the wheel test builds offline, without isolation
 	$(PY) -m pip install -q -c constraints.txt -e ".[test,minilm]"
 	touch $(STAMP)
 

@@ -107,6 +107,14 @@ def index() -> None:
 @click.option("--condition", help="Instruction for conditional image embeddings (FocalLens).")
 @click.option("--kind", default="flat", show_default=True, help="flat | hnsw | ivf-flat | ivf-pq | a FAISS factory string.")
 @click.option("--metric", type=click.Choice(["ip", "l2", "cosine"]), help="Default: the family's.")
+@click.option("--backend", type=click.Choice(["faiss", "milvus"]), default="faiss", show_default=True,
+              help="faiss: files in the index folder; milvus: a collection at --uri.")
+@click.option("--uri", help="milvus: a local *.db file (Milvus Lite) or http://host:19530 (token: $RAGCLI_MILVUS_TOKEN).")
+@click.option("--shard", callback=lambda _ctx, _param, value: _shard(value),
+              help="I/N: embed only the I-th of N slices of the corpus into --shard-dir (no index is built).")
+@click.option("--shard-dir", type=click.Path(path_type=Path), help="Where --shard writes its vector file.")
+@click.option("--from-shards", type=click.Path(path_type=Path),
+              help="Build the index from the vector files every --shard I/N wrote into this folder.")
 @click.option("--name", help="Index name (under $RAGCLI_HOME) or a path (contains '/', or starts with '.' or '~'). Default: the corpus name.")
 @click.option("--overwrite", is_flag=True, help="Replace an index ragcli wrote under that name.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
@@ -115,9 +123,19 @@ def index() -> None:
 def index_build(corpus: str, name: str | None, overwrite: bool, as_json: bool, **options: Any) -> None:
     """Encode a corpus and write its index (atomically: a failed build leaves nothing behind)."""
     from indexes import BuildRequest, build_index, index_path
+    from indexes.registry import build_shard
 
-    engine = build_index(BuildRequest(corpus=corpus, **options), name or Path(corpus).stem, overwrite=overwrite)
+    request = BuildRequest(corpus=corpus, **options)
+    if request.shard is not None:
+        return emit(build_shard(request), as_json, lambda r: f"wrote shard {r['shard']}: {r['rows']} x {r['dim']} to {r['file']}")
+    engine = build_index(request, name or Path(corpus).stem, overwrite=overwrite)
     emit({"path": str(index_path(name or Path(corpus).stem)), **engine.index.info()}, as_json, _format_info)
+
+
+def _shard(value: str | None) -> tuple[int, int] | None:
+    from indexes.shards import parse_shard
+
+    return None if value is None else parse_shard(value)
 
 
 @index.command("info")
@@ -125,10 +143,10 @@ def index_build(corpus: str, name: str | None, overwrite: bool, as_json: bool, *
 @json_option
 def index_info(name: str, as_json: bool) -> None:
     """Show an index's manifest: rows, kind, metric, encoder, checksums, search device."""
-    from indexes import VectorIndex, index_path
+    from indexes import index_path, load_vectors
 
     path = index_path(name)
-    emit({"path": str(path), **VectorIndex.load(path).info()}, as_json, _format_info)
+    emit({"path": str(path), **load_vectors(path).info()}, as_json, _format_info)
 
 
 @index.command("list")
@@ -362,12 +380,13 @@ def _cutoffs(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
 @json_option
 def train_sasrec_command(data: str, fmt: str, out: Path, post_ln: bool, as_json: bool, **options: Any) -> None:
     """Train SASRec on next-item prediction; the best checkpoint (validation NDCG@10) goes to --out."""
-    from recsys.train import train_from_path
+    from recsys.train import launch_rank, train_from_path
 
     summary = train_from_path(data, out, fmt=fmt, pre_ln=not post_ln, **options)
-    emit(summary, as_json, lambda s: (
-        f"saved {s['out']}: best validation NDCG@10 {s['best_valid_ndcg10']:.4f} at epoch {s['best_epoch']} "
-        f"of {s['epochs_run']} ({s['seconds_per_epoch']:.1f} s/epoch, {s['users']} users, {s['items']} items)"))
+    if launch_rank() == 0:  # under torchrun, rank 0 speaks for the run
+        emit(summary, as_json, lambda s: (
+            f"saved {s['out']}: best validation NDCG@10 {s['best_valid_ndcg10']:.4f} at epoch {s['best_epoch']} "
+            f"of {s['epochs_run']} ({s['seconds_per_epoch']:.1f} s/epoch, {s['users']} users, {s['items']} items)"))
 
 
 @plot.command("training")
@@ -611,6 +630,8 @@ MAX_GENERATED_IMAGES = 10_000_000
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=32, show_default=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help=".npy (matrix) or .npz (embeddings + ids).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--shard", callback=lambda _ctx, _param, value: _shard(value),
+              help="I/N: embed only the I-th of N slices (an .npz for `index build --from-shards`).")
 @json_option
 def embed_images(images: Path, as_json: bool, **options: Any) -> None:
     """Embed an image folder, IDX file or NPZ archive with an image encoder."""

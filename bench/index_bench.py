@@ -1,6 +1,7 @@
 """ragcli's index engine against raw FAISS on the same vectors: build time, QPS, recall@10, overhead.
 
     .venv/bin/python bench/index_bench.py --n 1000000 --dim 128 --kinds flat,hnsw,ivf-pq
+    .venv/bin/python bench/index_bench.py --n 100000 --dim 128 --kinds flat,ivf-flat,hnsw --milvus
 
 Both sides build the same FAISS factory string on the same vectors (the engine adds ids and a DuckDB
 payload). Search times are paired: each batch runs through the engine and raw FAISS back to back
@@ -21,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from indexes import VectorIndex, factory_string  # noqa: E402
+from indexes.backends import build_vectors  # noqa: E402
 from indexes.index import training_sample  # noqa: E402
 
 
@@ -91,6 +93,31 @@ def bench_kind(kind: str, x: np.ndarray, queries: np.ndarray, truth: np.ndarray,
     return rows
 
 
+def bench_backends(kind: str, x: np.ndarray, queries: np.ndarray, truth: np.ndarray, args, db: Path) -> list[dict]:
+    """The embedded default (FAISS + DuckDB) and a Milvus Lite collection, built from the same vectors and
+    payload with the same kind, searched through the same `search_ids` surface (batches paired as above)."""
+    payload = [{"title": f"row {i}"} for i in range(len(x))]
+    options = dict(kind=kind, metric="l2", nprobe=args.nprobe, ef_search=args.ef_search)
+    built, seconds = {}, {}
+    for backend in ("faiss", "milvus"):
+        start = time.perf_counter()
+        built[backend] = build_vectors(x, payload=payload, backend=backend, uri=str(db) if backend == "milvus" else None,
+                                       train_size=args.train_size if backend == "faiss" else None, **options)
+        seconds[backend] = time.perf_counter() - start
+    rows = []
+    for batch in args.batches:
+        fns = [lambda q, b=b: built[b].search_ids(q, 10) for b in ("faiss", "milvus")]
+        for fn in fns:  # the first search picks the searcher (and loads what it needs): not part of the rate
+            fn(queries[:batch])
+        timing, steps = paired_seconds(fns, queries, batch, args.budget)
+        qps = min(batch, len(queries)) / timing
+        for i, backend in enumerate(("faiss", "milvus")):
+            rows.append({"backend": backend, "kind": kind, "batch": batch, "build_s": seconds[backend], "qps": qps[i],
+                         "steps": steps, "recall": recall_at_10(built[backend].search_ids(queries, 10)[1], truth)})
+    built["milvus"].drop()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -105,6 +132,8 @@ def main() -> None:
     parser.add_argument("--payload", action="store_true", help="store a title per row and time search() too")
     parser.add_argument("--threads", type=int, default=0, help="FAISS threads (0: all cores)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--milvus", action="store_true",
+                        help="instead: FAISS + DuckDB against a Milvus Lite collection (kinds flat, ivf-flat, hnsw)")
     args = parser.parse_args()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
@@ -115,6 +144,14 @@ def main() -> None:
     exact.add(x)
     truth = exact.search(queries, 10)[1]
     print(f"{args.n:,} x {args.dim} clustered vectors, {args.queries} queries, L2, {faiss.omp_get_max_threads()} threads")
+    if args.milvus:
+        print("| backend | kind | batch | build s | QPS | recall@10 |\n| --- | --- | ---: | ---: | ---: | ---: |")
+        with tempfile.TemporaryDirectory() as tmp:
+            for kind in args.kinds.split(","):
+                for r in bench_backends(kind, x, queries, truth, args, Path(tmp) / "bench.db"):
+                    print(f"| {r['backend']} | {r['kind']} | {r['batch']} | {r['build_s']:.1f} | {r['qps']:,.0f} | "
+                          f"{r['recall']:.3f} |", flush=True)
+        return
     print("| kind | batch | build raw s | build engine s | save s | QPS raw | QPS engine | QPS +payload | overhead | recall@10 raw | recall@10 engine |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for kind in args.kinds.split(","):

@@ -1,4 +1,4 @@
-"""The shared layer: a FAISS + DuckDB vector index, the family registry and warm engines, and what every
+"""The shared layer: a FAISS + DuckDB vector index (or a Milvus collection), the family registry and warm engines, and what every
 family uses (errors, metrics, run-time helpers, the text encoder).
 
 Names are imported on first use (PEP 562), so `import indexes` stays cheap: FAISS, DuckDB and Polars
@@ -20,6 +20,9 @@ _LAZY = {
     "Hit": "indexes.index",
     "VectorIndex": "indexes.index",
     "factory_string": "indexes.index",
+    "MilvusIndex": "indexes.milvus",
+    "build_vectors": "indexes.backends",
+    "load_vectors": "indexes.backends",
     "index_path": "indexes.store",
     "list_indexes": "indexes.store",
     "ragcli_home": "indexes.store",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from indexes.errors import UserError
-from indexes.index import Hit, VectorIndex
+from indexes.index import Hit, ManifestIndex
 
 MAX_BATCH = 100_000
 
@@ -54,7 +54,7 @@ class Engine(ABC):
     field: ClassVar[str]  # "text" | "history" | "image"
     options: ClassVar[frozenset[str]] = frozenset()  # keyword options `search` takes (e.g. skip_unknown)
 
-    def __init__(self, index: VectorIndex):
+    def __init__(self, index: ManifestIndex):
         if index.path is None:  # models, BM25 and recipes are loaded from the index directory
             raise UserError("an engine answers from a saved index; save it first")
         self.index = index

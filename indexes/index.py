@@ -64,18 +64,26 @@ def factory_string(kind: str, n: int, dim: int) -> str:
 
     Anything else is taken to be a FAISS factory string already (e.g. "IVF1024,PQ32", "HNSW64").
     """
-    nlist = max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39 if n >= 39 else 1))
     if kind == "flat":
         return "Flat"
     if kind == "hnsw":
         return "HNSW32"
     if kind == "ivf-flat":
-        return f"IVF{nlist},Flat"
+        return f"IVF{ivf_lists(n)},Flat"
     if kind == "ivf-pq":
-        m = next(m for m in (64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0 and dim // m >= 4 or m == 1)
         nbits = max(1, min(8, int(math.log2(max(n // 4, 2)))))  # >= 4 training points per code
-        return f"IVF{nlist},PQ{m}x{nbits}"
+        return f"IVF{ivf_lists(n)},PQ{pq_subquantizers(dim)}x{nbits}"
     return kind
+
+
+def ivf_lists(n: int) -> int:
+    """IVF cells for n rows: about 4 sqrt(n), with at least 39 training points per cell."""
+    return max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39 if n >= 39 else 1))
+
+
+def pq_subquantizers(dim: int) -> int:
+    """PQ sub-vectors: the most (up to 64) that divide dim with at least 4 dimensions each."""
+    return next(m for m in (64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0 and dim // m >= 4 or m == 1)
 
 
 def _new_faiss_index(factory: str, dim: int, metric: str) -> faiss.Index:
@@ -176,8 +184,38 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-class VectorIndex:
-    """A searchable set of vectors with ids and payload. Build with `build`, open with `load`."""
+class ManifestIndex:
+    """What every backend shares: dimension, metric and encoder from the manifest, and the live row count.
+    Backends (`VectorIndex`, `indexes.milvus.MilvusIndex`) add build / load / add / remove / search /
+    ids_where / payloads / save / info with the same signatures."""
+
+    backend: str
+    manifest: dict[str, Any]
+    path: Path | None
+    _ntotal: int
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def metric(self) -> str:
+        return str(self.manifest["metric"])
+
+    @property
+    def ntotal(self) -> int:
+        """Live rows (deleted rows excluded); counted when the rows change, not on every search."""
+        return self._ntotal
+
+    @property
+    def encoder(self) -> dict[str, Any]:
+        return dict(self.manifest.get("encoder", {}))
+
+
+class VectorIndex(ManifestIndex):
+    """A searchable set of vectors with ids and payload in FAISS + DuckDB. Build with `build`, open with `load`."""
+
+    backend = "faiss"
 
     def __init__(self, cpu_index: faiss.Index, db: duckdb.DuckDBPyConnection, manifest: dict[str, Any],
                  path: Path | None = None, device: str = "auto", shard: bool = False):
@@ -285,23 +323,6 @@ class VectorIndex:
         return self
 
     # ---- properties ---------------------------------------------------------------------------
-    @property
-    def dim(self) -> int:
-        return int(self.manifest["dim"])
-
-    @property
-    def metric(self) -> str:
-        return str(self.manifest["metric"])
-
-    @property
-    def ntotal(self) -> int:
-        """Live rows (deleted rows excluded); counted when the rows change, not on every search."""
-        return self._ntotal
-
-    @property
-    def encoder(self) -> dict[str, Any]:
-        return dict(self.manifest.get("encoder", {}))
-
     @property
     def device_info(self) -> str:
         """Where searches run, e.g. 'cpu', 'faiss-gpu x2 (replicated)', 'torch cuda (exact)'."""
@@ -477,6 +498,16 @@ class VectorIndex:
                 self._payload_cache = (frame.drop("_row"), position)
             return self._payload_cache
 
+    def ids_where(self, where: Any) -> np.ndarray:
+        """Ids whose payload passes the structured filter."""
+        return self.ids_of(self.rows_where(where))
+
+    def payloads(self, ids: Sequence[Id]) -> list[dict[str, Any]]:
+        """The payload of each id, in order; unknown ids are a UserError naming them."""
+        rows = self.rows_of(ids)
+        found = self.payload_of(np.unique(rows))
+        return [dict(found[int(r)]) for r in rows]
+
     def rows_where(self, where: Any) -> np.ndarray:
         """Rows whose payload passes the structured filter (compiled to a parameterised query)."""
         # the predicate holds only quoted column names, fixed operators and `?` placeholders; values are bound
@@ -490,15 +521,11 @@ class VectorIndex:
 
     def _excluded_rows(self, exclude: Any, n_queries: int) -> tuple[np.ndarray, int] | None:
         """Encode (query, row) pairs to drop as int keys; returns (keys, longest list) or None."""
-        if exclude is None or len(exclude) == 0:
+        lists = exclusion_lists(exclude, n_queries, self.manifest["id_type"])
+        if not lists:
             return None
-        per_query = isinstance(exclude[0], (list, tuple, np.ndarray, set))
-        lists = list(exclude) if per_query else [exclude] * n_queries
-        if len(lists) != n_queries:
-            raise UserError(f"{len(lists)} exclusion lists for {n_queries} queries")
         lookup = self._id_lookup()
-        as_id = _int_or_none if self.manifest["id_type"] == "int" else str  # ids from JSON or a shell are text
-        rows = [[lookup.get(as_id(i)) for i in ids] for ids in lists]
+        rows = [[lookup.get(i) for i in ids] for ids in lists]
         keys = [q * self._next_row + r for q, found in enumerate(rows) for r in found if r is not None]
         return np.asarray(keys, dtype=np.int64), max(len(ids) for ids in lists)
 
@@ -538,6 +565,19 @@ class VectorIndex:
         with self._lock:
             cols = [r[0] for r in self._db.execute("DESCRIBE rows").fetchall()]
         return [c for c in cols if c not in RESERVED_COLUMNS]
+
+
+def exclusion_lists(exclude: Any, n_queries: int, id_type: str) -> list[list[Id | None]]:
+    """One list of ids to drop per query (`exclude` is one list for all, or one per query); [] for none.
+    Ids from JSON or a shell are text: int indexes read them as ints (None where not a number)."""
+    if exclude is None or len(exclude) == 0:
+        return []
+    per_query = isinstance(exclude[0], (list, tuple, np.ndarray, set))
+    lists = list(exclude) if per_query else [exclude] * n_queries
+    if len(lists) != n_queries:
+        raise UserError(f"{len(lists)} exclusion lists for {n_queries} queries")
+    as_id = _int_or_none if id_type == "int" else str
+    return [[as_id(i) for i in ids] for ids in lists]
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -602,9 +642,16 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
         "kind": lambda v: isinstance(v, str) and bool(_FACTORY.fullmatch(v)),
         "encoder": lambda v: isinstance(v, dict),
         "search_params": lambda v: isinstance(v, dict) and all(_is_int(x, 1, 1 << 20) for x in v.values()),
-        "sha256": lambda v: isinstance(v, dict) and set(v) == {FAISS_FILE, PAYLOAD_FILE}
-        and all(isinstance(x, str) and re.fullmatch(r"[0-9a-f]{64}", x) for x in v.values()),
     }
+    if manifest.get("backend", "faiss") == "faiss":
+        checks["sha256"] = lambda v: isinstance(v, dict) and set(v) == {FAISS_FILE, PAYLOAD_FILE} and all(
+            isinstance(x, str) and re.fullmatch(r"[0-9a-f]{64}", x) for x in v.values())
+    elif manifest["backend"] == "milvus":
+        checks.update(uri=lambda v: isinstance(v, str) and 0 < len(v) <= 4096,
+                      collection=lambda v: isinstance(v, str) and bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", v)),
+                      payload_columns=lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v))
+    else:
+        return f"unknown backend {str(manifest['backend'])[:40]!r}"
     for key, valid in checks.items():
         if key not in manifest:
             if key in ("encoder", "search_params"):  # optional

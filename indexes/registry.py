@@ -20,12 +20,13 @@ from indexes.requests import BuildRequest
 
 if TYPE_CHECKING:
     from indexes.engine import Engine
-    from indexes.index import VectorIndex
+    from indexes.index import ManifestIndex
 
-Builder = Callable[[BuildRequest, Path], "VectorIndex"]
-Opener = Callable[["VectorIndex", str], "Engine"]
+Builder = Callable[[BuildRequest, Path], "ManifestIndex | None"]  # None: one shard written
+Opener = Callable[["ManifestIndex", str], "Engine"]
 # BuildRequest fields every family takes; the others must be named in a family's `build_options`
-COMMON_OPTIONS = frozenset({"corpus", "kind", "metric", "device", "seed", "overwrite"})
+COMMON_OPTIONS = frozenset({"corpus", "kind", "metric", "device", "seed", "overwrite", "backend", "uri", "shard",
+                            "shard_dir", "from_shards"})
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,15 @@ def check_build_options(family: Family, request: BuildRequest) -> None:
 def build_index(request: BuildRequest, name_or_path: str | os.PathLike, overwrite: bool = False) -> Engine:
     """Build `request.corpus` into the index `name_or_path` (a name under $RAGCLI_HOME, or a path) and
     return it opened. Another build of the same name at once is refused; replacing needs `overwrite`."""
+    from indexes.backends import check_backend
     from indexes.files import check_output, output_lock
     from indexes.store import index_path
 
+    if request.shard is not None or request.shard_dir is not None:
+        raise UserError("--shard and --shard-dir embed one shard (no index is built); drop --name / --overwrite")
     family, builder = family_for_corpus(request.corpus)
     check_build_options(family, request)
+    check_backend(request.backend, request.uri)
     out = index_path(name_or_path)
     with output_lock(out):  # a second build of the same name fails now, not after encoding the corpus
         check_output(out, overwrite, "index")
@@ -110,13 +115,33 @@ def build_index(request: BuildRequest, name_or_path: str | os.PathLike, overwrit
     return open_index(out, device=request.device)
 
 
+def build_shard(request: BuildRequest) -> dict[str, object]:
+    """Embed shard `request.shard` of `request.corpus` into `request.shard_dir` (see `indexes.shards`);
+    `build_index` with `request.from_shards` then assembles the index from every shard."""
+    import numpy as np
+
+    from indexes.files import output_lock
+    from indexes.shards import shard_path
+
+    if request.shard is None or request.shard_dir is None or request.from_shards is not None:
+        raise UserError("a shard build takes --shard I/N and --shard-dir DIR (and no --from-shards)")
+    family, builder = family_for_corpus(request.corpus)
+    check_build_options(family, request)
+    out = shard_path(request.shard_dir, request.shard)
+    with output_lock(out):
+        builder(request, out)
+    with np.load(out, allow_pickle=False) as archive:
+        rows, dim = archive["embeddings"].shape
+    return {"shard": f"{request.shard[0]}/{request.shard[1]}", "file": str(out), "rows": int(rows), "dim": int(dim)}
+
+
 def open_index(name_or_path: str | os.PathLike, device: str = "auto", shard: bool = False) -> Engine:
     """Load an index and everything its family needs to answer (models, BM25) once: a warm `Engine`."""
-    from indexes.index import VectorIndex
+    from indexes.backends import load_vectors
     from indexes.store import index_path
 
     path = index_path(name_or_path)
-    index = VectorIndex.load(path, device=device, shard=shard)
+    index = load_vectors(path, device=device, shard=shard)
     family = index.encoder.get("family")
     if family not in _families():
         raise UserError(f"index {str(name_or_path)!r} was built by an unknown family {family!r}")

@@ -22,7 +22,17 @@ class BuildRequest:
     device: str = "auto"
     seed: int = 0
     overwrite: bool = False
+    backend: str = "faiss"
+    uri: str | None = None
+    shard: tuple[int, int] | None = None
+    shard_dir: Path | None = None
+    from_shards: Path | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+    def index_options(self, out: Path) -> dict[str, Any]:
+        """What `build_vectors` takes from the request: backend, Milvus URI (collection named after `out`),
+        index kind, device."""
+        return {"backend": self.backend, "uri": self.uri, "name": out.name, "kind": self.kind, "device": self.device}
 
 
 @dataclass

@@ -11,10 +11,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from indexes import BuildRequest, Hit, UserError, VectorIndex
+from indexes import BuildRequest, Hit, UserError
+from indexes.backends import build_vectors
 from indexes.engine import Engine, Query
 from indexes.files import inside
+from indexes.index import ManifestIndex
 from indexes.registry import Family, register_family
+from indexes.shards import corpus_vectors
 from recsys.data import read_interactions
 from recsys.fetch import DATASETS, SAMPLE, resolve_data
 from recsys.recommender import Recommender
@@ -33,7 +36,7 @@ def item_payload(items: pl.DataFrame | None, item_ids: list[str]) -> pl.DataFram
     return pl.DataFrame({"item": item_ids}).join(table, on="item", how="left", maintain_order="left").drop("item")
 
 
-def build_index(request: BuildRequest, out: Path) -> VectorIndex:
+def build_index(request: BuildRequest, out: Path) -> ManifestIndex | None:
     """Index a trained model's item embeddings (inner product), payload from `request.corpus`'s item table."""
     if request.model is None:
         raise UserError("a recsys index needs --model DIR (a model from `ragcli train sasrec`)")
@@ -42,9 +45,11 @@ def build_index(request: BuildRequest, out: Path) -> VectorIndex:
     model = recommender.model
     encoder = {"family": "recsys", "name": "sasrec", "model_dir": MODEL_DIR, "maxlen": model.maxlen,
                "hidden": model.hidden, "n_items": model.n_items}
-    index = VectorIndex.build(recommender.item_vectors(), recommender.item_ids,
-                              item_payload(raw.items, recommender.item_ids), kind=request.kind,
-                              metric=request.metric or "ip", encoder=encoder, device=request.device)
+    vectors = corpus_vectors(request, recommender.item_ids, lambda rows: recommender.item_vectors()[rows])
+    if vectors is None:  # one shard written (indexes.shards)
+        return None
+    index = build_vectors(vectors, recommender.item_ids, item_payload(raw.items, recommender.item_ids),
+                          metric=request.metric or "ip", encoder=encoder, **request.index_options(out))
     index.save(out, extras={MODEL_DIR: recommender.save_pretrained}, overwrite=request.overwrite)
     return index
 
@@ -56,7 +61,7 @@ class RecommendationEngine(Engine):
     family, field = "recsys", "history"
     options = frozenset({"skip_unknown"})
 
-    def __init__(self, index: VectorIndex, device: str = "auto"):
+    def __init__(self, index: ManifestIndex, device: str = "auto"):
         super().__init__(index)
         model_dir = inside(index.path, index.encoder.get("model_dir", MODEL_DIR), "model_dir")
         self.recommender = Recommender.from_pretrained(model_dir, device=device)

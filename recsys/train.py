@@ -82,12 +82,22 @@ class TrainConfig:
             raise UserError(f"invalid training settings: {err}") from None
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun sets it (0 when not launched by torchrun): only rank 0 writes."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size); joins the process group torchrun set up through WORLD_SIZE and friends."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return (dist.get_rank() if world > 1 else 0), world
+
+
+def _writer_lock(out: str | Path) -> contextlib.AbstractContextManager:
+    """Rank 0 holds `out`'s lock (and writes); the other ranks of a torchrun launch only compute."""
+    return output_lock(out) if launch_rank() == 0 else contextlib.nullcontext()
 
 
 def _device(config: TrainConfig, world: int) -> str:
@@ -113,7 +123,7 @@ def train_sasrec(seqs: Sequences, out: str | Path, config: TrainConfig, resume: 
     or infinite loss or scores) stops with a UserError and leaves its last good checkpoint in `out`."""
     config.validate()
     _check_out(out, overwrite, resume)
-    with output_lock(out):
+    with _writer_lock(out):
         rank, world = _distributed()
         device = _device(config, world)
         seed_everything(config.seed)
@@ -179,8 +189,9 @@ def _diverged(epoch: int, problem: str, out: str | Path) -> UserError:
 
 
 def _check_out(out: str | Path, overwrite: bool, resume: str | Path | None) -> None:
-    """The one overwrite policy; resuming from `out` itself is allowed (it replaces its own checkpoint)."""
-    if resume is None or Path(resume).resolve() != Path(out).resolve():
+    """The one overwrite policy; resuming from `out` itself is allowed (it replaces its own checkpoint).
+    Under torchrun only rank 0 checks: it is the one that writes."""
+    if launch_rank() == 0 and (resume is None or Path(resume).resolve() != Path(out).resolve()):
         check_output(out, overwrite, "model directory")
 
 
@@ -247,22 +258,30 @@ def _batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator)
 def _train_epoch(net: torch.nn.Module, model: SASRec, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
                  targets: torch.Tensor, config: TrainConfig, epoch: int, device: str, rank: int,
                  world: int) -> tuple[float, float, float]:
-    """One pass over every user (this rank's share under DDP); returns (mean loss, wall seconds, CPU seconds)."""
+    """One pass over every user; returns (mean loss, wall seconds, CPU seconds).
+
+    Under DDP a batch of `batch_size` rows is split across the ranks (rank r takes rows r, r + world, ...)
+    and each rank's mean loss is weighted by its share of the batch's target positions, so the averaged
+    gradients are those of one process taking the whole batch: the same model, up to float rounding
+    (batches with fewer rows than ranks are skipped)."""
     net.train()
     lengths = (inputs > 0).sum(1)
     batches = _batches(lengths, config.batch_size, torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-    batches = batches[: len(batches) - len(batches) % world][rank::world] if world > 1 else batches
+    batches = [rows for rows in batches if len(rows) >= world]
     negatives = torch.Generator(device=device).manual_seed(config.seed * 100_003 + epoch * world + rank)
     autocast = _autocast(config.precision, device)
     total, seen, start, cpu_start = torch.zeros((), device=device), 0, time.perf_counter(), time.process_time()
     bar = progress(batches, desc=f"epoch {epoch}", unit="batch", disable=rank > 0)
     for step, rows in enumerate(bar, 1):
         width = int(lengths[rows].max())
-        seq = inputs[rows, -width:].to(device, non_blocking=True)
-        target = targets[rows, -width:].to(device, non_blocking=True)
+        share = rows[rank::world]
+        seq = inputs[share, -width:].to(device, non_blocking=True)
+        target = targets[share, -width:].to(device, non_blocking=True)
         with autocast:
             loss = sequence_loss(config.loss, net(seq), target, model.item_weight, n_negatives=config.n_negatives,
                                  gbce_t=config.gbce_t, generator=negatives)
+        if world > 1:  # this rank's share of the batch's positions; DDP then averages over ranks
+            loss = loss * (world * int((targets[share] > 0).sum()) / int((targets[rows] > 0).sum()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -306,6 +325,6 @@ def train_from_path(data: str | Path, out: str | Path, fmt: str = "auto", resume
     config = TrainConfig(**{k: v for k, v in options.items() if v is not None})
     config.validate()
     _check_out(out, overwrite, resume)
-    with output_lock(out):
+    with _writer_lock(out):
         seqs = load_sequences(data, fmt, k=config.k_core, min_len=config.min_len)
         return train_sasrec(seqs, out, config, resume, overwrite)

@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from indexes import BuildRequest, Hit, UserError, VectorIndex
+from indexes import BuildRequest, Hit, UserError
+from indexes.backends import build_vectors
 from indexes.engine import Engine, Query
 from indexes.files import inside, read_json
+from indexes.index import ManifestIndex
 from indexes.registry import Family, register_family
 from indexes.runtime import resolve_device
+from indexes.shards import corpus_vectors
 from indexes.text_encoder import DEFAULT_TEXT_ENCODER
 from retrieval.base import checked_scores, top_k
 from retrieval.bm25 import BM25Retriever
@@ -34,7 +37,7 @@ BM25_DIR, MODEL_DIR, HYBRID_DIR, ENCODER_DIR = "bm25", "model", "hybrid", "encod
 ARTICLES_FILE, FEATURES_FILE = "articles.json", "article_features.safetensors"
 
 
-def build_index(request: BuildRequest, out: Path) -> VectorIndex:
+def build_index(request: BuildRequest, out: Path) -> ManifestIndex | None:
     """Read the COLIEE folder (default: the bundled sample), embed every article, save the index at `out`
     (with the trained model in `request.model`, its article features computed here, once). The fusion
     recipe (weights, selection ratio) is `request.hybrid`, a hybrid saved by `eval coliee --save-hybrid`,
@@ -43,6 +46,10 @@ def build_index(request: BuildRequest, out: Path) -> VectorIndex:
     ids = [a.id for a in articles]
     texts = [a.search_text for a in articles]
     encoder = request.encoder or DEFAULT_TEXT_ENCODER
+    device = resolve_device(request.device)
+    vectors = corpus_vectors(request, ids, lambda rows: encode_texts(texts[rows], encoder, device))
+    if vectors is None:  # one shard embedded (indexes.shards)
+        return None
     parts = ["bm25", "dense"]
     settings: dict[str, Any] = {"family": "retrieval", "dense": encoder, "bm25": BM25_DIR}
     extras = {BM25_DIR: BM25Retriever.build(texts, ids).save}
@@ -62,10 +69,9 @@ def build_index(request: BuildRequest, out: Path) -> VectorIndex:
                         f"{', '.join(parts)} (give the same --model)")
     settings.update(name=f"hybrid({', '.join(hybrid.retrievers)})", hybrid=HYBRID_DIR)
     extras[HYBRID_DIR] = hybrid.save
-    vectors = encode_texts(texts, encoder, resolve_device(request.device))
     payload = [{"title": a.title, "caption": a.caption, "headings": " / ".join(a.headings), "text": a.text} for a in articles]
-    index = VectorIndex.build(vectors, ids, payload, kind=request.kind, metric=request.metric or "cosine",
-                              device=request.device, encoder=settings)
+    index = build_vectors(vectors, ids, payload, metric=request.metric or "cosine", encoder=settings,
+                          **request.index_options(out))
     index.save(out, extras=extras, overwrite=request.overwrite)
     return index
 
@@ -79,7 +85,7 @@ class IndexedDense:
 
     name = "dense"
 
-    def __init__(self, index: VectorIndex, article_ids: Sequence[str], encoder: str, device: str):
+    def __init__(self, index: ManifestIndex, article_ids: Sequence[str], encoder: str, device: str):
         self.index, self.article_ids, self.encoder, self.device = index, list(article_ids), encoder, device
         self._column = {article_id: j for j, article_id in enumerate(self.article_ids)}
 
@@ -98,7 +104,7 @@ class StatuteEngine(Engine):
 
     family, field = "retrieval", "text"
 
-    def __init__(self, index: VectorIndex, device: str = "auto"):
+    def __init__(self, index: ManifestIndex, device: str = "auto"):
         super().__init__(index)
         settings = index.encoder
         if not inside(index.path, settings.get("bm25", BM25_DIR), "bm25").is_dir():
@@ -115,7 +121,7 @@ class StatuteEngine(Engine):
         self.hybrid = self._hybrid(index, {r.name: r for r in retrievers})
 
     @staticmethod
-    def _hybrid(index: VectorIndex, retrievers: dict[str, Any]) -> HybridRetriever:
+    def _hybrid(index: ManifestIndex, retrievers: dict[str, Any]) -> HybridRetriever:
         """The recipe saved in the index; indexes built before recipes were saved kept their weights in
         the manifest."""
         settings = index.encoder
@@ -134,17 +140,16 @@ class StatuteEngine(Engine):
         fused = checked_scores(self.hybrid, texts).astype(np.float64)
         ids = self.hybrid.article_ids
         if where is not None:
-            allowed = set(self.index.ids_of(self.index.rows_where(where)).tolist())
+            allowed = set(self.index.ids_where(where).tolist())
             fused[:, [j for j, i in enumerate(ids) if i not in allowed]] = -np.inf
         for row, excluded in enumerate(exclude or []):
             dropped = set(map(str, excluded))
             fused[row, [j for j, i in enumerate(ids) if i in dropped]] = -np.inf
         best = top_k(fused, k)
-        rows = self.index.rows_of([ids[j] for j in best.ravel()])
-        payload = self.index.payload_of(np.unique(rows))
-        hits = [[Hit(ids[j], float(fused[q, j]), dict(payload[r]))
-                 for j, r in zip(best[q], rows[q * best.shape[1]:(q + 1) * best.shape[1]].tolist()) if np.isfinite(fused[q, j])]
-                for q in range(len(texts))]
+        kept = [[j for j in best[q] if np.isfinite(fused[q, j])] for q in range(len(texts))]
+        wanted = sorted({ids[j] for row in kept for j in row})
+        payload = dict(zip(wanted, self.index.payloads(wanted)))
+        hits = [[Hit(ids[j], float(fused[q, j]), dict(payload[ids[j]])) for j in row] for q, row in enumerate(kept)]
         if isinstance(self.model, ParaformerRetriever):
             for text, ranked in zip(texts, hits):
                 for hit, (weight, sentence) in zip(ranked, self.model.explain(text, [h.id for h in ranked])):
@@ -152,7 +157,7 @@ class StatuteEngine(Engine):
         return hits
 
 
-def _load_model(index: VectorIndex, device: str) -> NeuralRetriever:
+def _load_model(index: ManifestIndex, device: str) -> NeuralRetriever:
     """The trained model stored in a coliee index, over the index's articles and their saved features."""
     records = read_json(inside(index.path, ARTICLES_FILE), "article list")
     if not isinstance(records, list):

@@ -16,11 +16,14 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from indexes import BuildRequest, Hit, VectorIndex
+from indexes import BuildRequest, Hit
+from indexes.backends import build_vectors
 from indexes.engine import Engine, Query
 from indexes.errors import UserError
 from indexes.files import inside
+from indexes.index import ManifestIndex
 from indexes.registry import Family, register_family
+from indexes.shards import corpus_vectors
 from vision.datasets import ImageFiles, ImageSet, decode_image, load_images
 from vision.sheet import write_contact_sheet
 
@@ -58,7 +61,7 @@ def _embed(encoder: Any, images: Any, condition: str | None, device: str, batch_
     return encoder.embed(images, batch_size=batch_size, device=device)
 
 
-def build_index(request: BuildRequest, out: Path) -> VectorIndex:
+def build_index(request: BuildRequest, out: Path) -> ManifestIndex | None:
     """Embed every image under `request.images` and save the index (with its encoder) to `out`."""
     if request.images is None:
         raise UserError("--corpus images needs --images DIR")
@@ -72,12 +75,14 @@ def build_index(request: BuildRequest, out: Path) -> VectorIndex:
     if kind == "encoder" and condition is not None:
         raise UserError("--condition needs a FocalLens --model; an --encoder embeds images unconditionally")
     corpus = load_images(request.images)
-    vectors = _embed(encoder, corpus.images, condition, request.device)
+    vectors = corpus_vectors(request, corpus.ids, lambda rows: _embed(encoder, corpus.images[rows], condition, request.device))
+    if vectors is None:  # one shard embedded (indexes.shards)
+        return None
     source = Path(request.images).absolute()  # not resolved: a dataset published as a symlink moves
-    index = VectorIndex.build(
-        vectors, corpus.ids, _payload(corpus, source), kind=request.kind, metric=request.metric or "cosine",
-        device=request.device, encoder={"family": "vision", **encoder.describe(), "kind": kind, "condition": condition,
-                                        "model_dir": MODEL_DIR, "images": str(source)},
+    index = build_vectors(
+        vectors, corpus.ids, _payload(corpus, source), metric=request.metric or "cosine", **request.index_options(out),
+        encoder={"family": "vision", **encoder.describe(), "kind": kind, "condition": condition,
+                 "model_dir": MODEL_DIR, "images": str(source)},
     )
     index.save(out, extras={MODEL_DIR: encoder.save_pretrained}, overwrite=request.overwrite)
     return index
@@ -88,7 +93,7 @@ class ImageEngine(Engine):
 
     family, field = "vision", "image"
 
-    def __init__(self, index: VectorIndex, device: str = "auto"):
+    def __init__(self, index: ManifestIndex, device: str = "auto"):
         super().__init__(index)
         info = index.encoder
         self.condition = info.get("condition")
@@ -117,8 +122,7 @@ class ImageEngine(Engine):
 
     def item_image(self, item_id: Any) -> Image.Image:
         """The pixels of an indexed image, from the file or archive row its payload names."""
-        rows = self.index.rows_of([item_id])
-        return _hit_image(Hit(item_id, 0.0, self.index.payload_of(rows)[int(rows[0])]))
+        return _hit_image(Hit(item_id, 0.0, self.index.payloads([item_id])[0]))
 
     def contact_sheet(self, query: Any, hits: list[Hit], path: Path) -> None:
         """Write a PNG of the query image then its neighbours, captioned with id and score."""
