@@ -6,10 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from helpers import one_line_error, run
+from fastapi.testclient import TestClient
 
-from indexes import UserError
+from helpers import one_line_error, run
+from indexes import UserError, open_index
 from indexes.backends import build_vectors, load_vectors
+from indexes.http import create_app
 from indexes.milvus import TOKEN_VARIABLE, connect
 
 
@@ -139,6 +141,10 @@ def test_cli_builds_queries_and_describes_a_milvus_coliee_index(tmp_path, tiny_e
         assert [h["id"] for h in hits[0]] == [h["id"] for h in hits[1]] and len(hits[0]) == 5
         assert [h["payload"] for h in hits[0]] == [h["payload"] for h in hits[1]]
         np.testing.assert_allclose([h["score"] for h in hits[0]], [h["score"] for h in hits[1]], rtol=1e-5)
+    served = TestClient(create_app({"mil": open_index("mil")}))  # `ragcli serve` over the milvus backend
+    answer = served.post("/indexes/mil/query", json={"query": {"text": question}, "k": 5}).json()
+    assert [h["id"] for h in answer["results"][0]["hits"]] == [h["id"] for h in hits[0]]
+    assert served.get("/indexes/mil").json()["backend"] == "milvus"
 
 
 @pytest.mark.parametrize("uri, message", [

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from helpers import one_line_error, run
 
+from helpers import one_line_error, run
 from indexes import UserError
 from indexes.backends import load_vectors
 from indexes.shards import parse_shard, shard_slice
