@@ -7,6 +7,7 @@ Thin by design: each command parses its options, calls one library function and 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 import warnings
@@ -61,7 +62,9 @@ class RagcliGroup(click.Group):
 
 
 def emit(result: Any, as_json: bool, text: Callable[[Any], str]) -> None:
-    """Print `result` as JSON, or through its text renderer."""
+    """Print `result` as JSON, or through its text renderer. Under torchrun only rank 0 speaks for the run."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str, ensure_ascii=False))
     else:
@@ -380,13 +383,12 @@ def _cutoffs(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
 @json_option
 def train_sasrec_command(data: str, fmt: str, out: Path, post_ln: bool, as_json: bool, **options: Any) -> None:
     """Train SASRec on next-item prediction; the best checkpoint (validation NDCG@10) goes to --out."""
-    from recsys.train import launch_rank, train_from_path
+    from recsys.train import train_from_path
 
     summary = train_from_path(data, out, fmt=fmt, pre_ln=not post_ln, **options)
-    if launch_rank() == 0:  # under torchrun, rank 0 speaks for the run
-        emit(summary, as_json, lambda s: (
-            f"saved {s['out']}: best validation NDCG@10 {s['best_valid_ndcg10']:.4f} at epoch {s['best_epoch']} "
-            f"of {s['epochs_run']} ({s['seconds_per_epoch']:.1f} s/epoch, {s['users']} users, {s['items']} items)"))
+    emit(summary, as_json, lambda s: (
+        f"saved {s['out']}: best validation NDCG@10 {s['best_valid_ndcg10']:.4f} at epoch {s['best_epoch']} "
+        f"of {s['epochs_run']} ({s['seconds_per_epoch']:.1f} s/epoch, {s['users']} users, {s['items']} items)"))
 
 
 @plot.command("training")

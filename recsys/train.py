@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pickle
 import resource
 import time
@@ -20,11 +19,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from indexes import UserError
 from indexes.checks import MAX_BATCH_SIZE, MAX_SEED, choice, integer, number
-from indexes.files import atomic_dir, check_output, output_lock, regular_file
+from indexes.distributed import Ranks, join, launch_rank, rank_device, writer_lock
+from indexes.files import atomic_dir, check_output, regular_file
 from indexes.metrics import require_finite
 from indexes.runtime import progress, resolve_device, seed_everything
 from recsys.checks import ARCHITECTURE, MAX_COUNT, MAX_EPOCHS, MAX_NEGATIVES, check_architecture
@@ -82,30 +81,8 @@ class TrainConfig:
             raise UserError(f"invalid training settings: {err}") from None
 
 
-def launch_rank() -> int:
-    """This process's rank as torchrun sets it (0 when not launched by torchrun): only rank 0 writes."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); joins the process group torchrun set up through WORLD_SIZE and friends."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank() if world > 1 else 0), world
-
-
-def _writer_lock(out: str | Path) -> contextlib.AbstractContextManager:
-    """Rank 0 holds `out`'s lock (and writes); the other ranks of a torchrun launch only compute."""
-    return output_lock(out) if launch_rank() == 0 else contextlib.nullcontext()
-
-
-def _device(config: TrainConfig, world: int) -> str:
-    device = resolve_device(config.device)
-    if world > 1 and device.startswith("cuda"):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        torch.cuda.set_device(device)
-    return device
+def _device(config: TrainConfig, ranks: Ranks) -> str:
+    return rank_device(resolve_device(config.device), ranks)
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -123,9 +100,9 @@ def train_sasrec(seqs: Sequences, out: str | Path, config: TrainConfig, resume: 
     or infinite loss or scores) stops with a UserError and leaves its last good checkpoint in `out`."""
     config.validate()
     _check_out(out, overwrite, resume)
-    with _writer_lock(out):
-        rank, world = _distributed()
-        device = _device(config, world)
+    with writer_lock(out):
+        ranks = join()
+        device = _device(config, ranks)
         seed_everything(config.seed)
         model, optimizer, state = _start(seqs, config, device, resume)  # sets a resumed run's architecture
         split = LeaveOneOut(seqs, config.maxlen)
@@ -133,19 +110,19 @@ def train_sasrec(seqs: Sequences, out: str | Path, config: TrainConfig, resume: 
         if not len(inputs):
             raise UserError("no user has two or more training interactions")
         valid = split.case("valid")
-        net = DistributedDataParallel(model) if world > 1 else model
+        net = ranks.wrap(model)
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
             loss, seconds, cpu_seconds = _train_epoch(net, model, optimizer, inputs, targets, config, epoch, device,
-                                                      rank, world)
+                                                      ranks)
             _require_finite(loss, epoch, out)
             state["epoch"] = epoch
             state["history"].append({"epoch": epoch, "loss": loss, "seconds": seconds, "cpu_seconds": cpu_seconds})
             if epoch % config.eval_every and epoch != config.epochs:
                 continue
             stop = torch.zeros(1, device=device)
-            if rank == 0:
+            if ranks.writer:
                 stop[0] = _validate(model, valid, seqs, optimizer, state, config, out)
-            if world > 1:
+            if ranks.world > 1:
                 dist.broadcast(stop, src=0)
             if stop.item() == DIVERGED:
                 raise _diverged(epoch, "validation scores hold NaN or infinite values", out)
@@ -256,8 +233,8 @@ def _batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator)
 
 
 def _train_epoch(net: torch.nn.Module, model: SASRec, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
-                 targets: torch.Tensor, config: TrainConfig, epoch: int, device: str, rank: int,
-                 world: int) -> tuple[float, float, float]:
+                 targets: torch.Tensor, config: TrainConfig, epoch: int, device: str,
+                 ranks: Ranks) -> tuple[float, float, float]:
     """One pass over every user; returns (mean loss, wall seconds, CPU seconds).
 
     Under DDP a batch of `batch_size` rows is split across the ranks (rank r takes rows r, r + world, ...)
@@ -267,21 +244,20 @@ def _train_epoch(net: torch.nn.Module, model: SASRec, optimizer: torch.optim.Opt
     net.train()
     lengths = (inputs > 0).sum(1)
     batches = _batches(lengths, config.batch_size, torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-    batches = [rows for rows in batches if len(rows) >= world]
-    negatives = torch.Generator(device=device).manual_seed(config.seed * 100_003 + epoch * world + rank)
+    batches = [rows for rows in batches if len(rows) >= ranks.world]
+    negatives = torch.Generator(device=device).manual_seed(config.seed * 100_003 + epoch * ranks.world + ranks.rank)
     autocast = _autocast(config.precision, device)
     total, seen, start, cpu_start = torch.zeros((), device=device), 0, time.perf_counter(), time.process_time()
-    bar = progress(batches, desc=f"epoch {epoch}", unit="batch", disable=rank > 0)
+    bar = progress(batches, desc=f"epoch {epoch}", unit="batch", disable=not ranks.writer)
     for step, rows in enumerate(bar, 1):
         width = int(lengths[rows].max())
-        share = rows[rank::world]
+        share = ranks.share(rows)
         seq = inputs[share, -width:].to(device, non_blocking=True)
         target = targets[share, -width:].to(device, non_blocking=True)
         with autocast:
             loss = sequence_loss(config.loss, net(seq), target, model.item_weight, n_negatives=config.n_negatives,
                                  gbce_t=config.gbce_t, generator=negatives)
-        if world > 1:  # this rank's share of the batch's positions; DDP then averages over ranks
-            loss = loss * (world * int((targets[share] > 0).sum()) / int((targets[rows] > 0).sum()))
+        loss = loss * ranks.weight(int((targets[share] > 0).sum()), int((targets[rows] > 0).sum()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -289,9 +265,7 @@ def _train_epoch(net: torch.nn.Module, model: SASRec, optimizer: torch.optim.Opt
         seen += len(rows)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{total.item() / step:.4f}", seq_s=f"{seen / (time.perf_counter() - start):.0f}")
-    if world > 1:  # every rank sees the same mean, so a diverged run stops on all of them at once
-        dist.all_reduce(total)
-        total /= world
+    total = ranks.mean(total)  # every rank sees the same mean, so a diverged run stops on all of them at once
     return total.item() / max(len(batches), 1), time.perf_counter() - start, time.process_time() - cpu_start
 
 
@@ -325,6 +299,6 @@ def train_from_path(data: str | Path, out: str | Path, fmt: str = "auto", resume
     config = TrainConfig(**{k: v for k, v in options.items() if v is not None})
     config.validate()
     _check_out(out, overwrite, resume)
-    with _writer_lock(out):
+    with writer_lock(out):
         seqs = load_sequences(data, fmt, k=config.k_core, min_len=config.min_len)
         return train_sasrec(seqs, out, config, resume, overwrite)

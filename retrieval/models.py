@@ -22,7 +22,8 @@ from torch import nn
 
 from indexes.checks import integer
 from indexes.errors import UserError
-from indexes.files import atomic_dir, atomic_write_text, check_output, inside, read_json, regular_file
+from indexes.distributed import join, launch_rank, rank_device, writer_dir
+from indexes.files import atomic_write_text, check_output, inside, read_json, regular_file
 from indexes.runtime import load_pretrained, resolve_device, seed_everything
 from indexes.text_encoder import DEFAULT_TEXT_ENCODER
 from retrieval.attentive_cnn import AttentiveCNN, TokenFeaturizer, Vocab
@@ -142,7 +143,8 @@ def train_model(architecture: str, data_dir: str | Path | None, train_years: str
                 out: str | Path, config: TrainConfig, overwrite: bool = False, **model_options: Any) -> dict[str, Any]:
     """Read a COLIEE folder, train `architecture` on `train_years`, early-stop on `valid_years`, save to `out`
     (replacing a model ragcli wrote there only with `overwrite`)."""
-    check_output(out, overwrite, "model directory")
+    if launch_rank() == 0:
+        check_output(out, overwrite, "model directory")
     train_years, valid_years = parse_years(train_years), parse_years(valid_years)
     data = load_coliee(data_dir)
     train_queries, valid_queries = data.queries(train_years), data.queries(valid_years)
@@ -164,15 +166,18 @@ def train(architecture: str, articles: Sequence[Article], train_queries: Sequenc
     integer("finetune_epochs", finetune_epochs, 0, MAX_EPOCHS)
     if finetune_epochs and architecture != "paraformer":
         raise UserError("only Paraformer has a sentence encoder to fine-tune")
+    ranks = join()
+    if finetune_epochs and ranks.world > 1:
+        raise UserError("--finetune-epochs runs in one process: fine-tune with `train bi-encoder`, then pass --encoder")
     seed_everything(config.seed)
     started = time.perf_counter()
-    device = resolve_device(config.device)
+    device = rank_device(resolve_device(config.device), ranks)
     row = {a.id: i for i, a in enumerate(articles)}
     train_gold, valid_gold = _gold_rows(train_queries, row, "training"), _gold_rows(valid_queries, row, "validation")
     train_queries = [q for q, g in zip(train_queries, train_gold) if g]
     valid_queries = [q for q, g in zip(valid_queries, valid_gold) if g]
     train_gold, valid_gold = [g for g in train_gold if g], [g for g in valid_gold if g]
-    with atomic_dir(out, "model", overwrite) as tmp:
+    with writer_dir(out, "model", overwrite) as tmp:  # under torchrun, rank 0 writes
         model, featurizer = _new_model(architecture, articles, train_queries, tmp, device,
                                        finetune_epochs, config.seed, model_options)
         miners = _miners(articles, mining_encoder or getattr(model, "encoder", DEFAULT_TEXT_ENCODER), device)

@@ -23,6 +23,7 @@ from torch import nn
 from indexes.checks import MAX_BATCH_SIZE, MAX_SEED, integer, number
 from indexes.errors import UserError
 from indexes.metrics import recall_at_k, require_finite
+from indexes.distributed import join, rank_device
 from indexes.runtime import progress, resolve_device
 from retrieval.base import top_k
 from retrieval.checks import MAX_EPOCHS, MAX_NEGATIVES, MAX_RANK
@@ -137,10 +138,15 @@ def recall_at(scores: np.ndarray, gold: Sequence[Sequence[int]], k: int) -> floa
 
 def fit(model: nn.Module, articles: Features, train: Split, valid: Split, pool: np.ndarray,
         config: TrainConfig) -> TrainResult:
-    """Train `model` in place and leave it at its best validation epoch (early stopping)."""
-    device = resolve_device(config.device)
+    """Train `model` in place and leave it at its best validation epoch (early stopping).
+
+    Under torchrun every rank draws the same batches and negatives and takes its share of each batch's
+    queries (`indexes.distributed`); the averaged gradient is the single-process one."""
+    ranks = join()
+    device = rank_device(resolve_device(config.device), ranks)
     generator = torch.Generator().manual_seed(config.seed)
     model.to(device)
+    net = ranks.wrap(model)
     articles_on = articles.to(device)
     queries_on = train.queries.to(device)
     pairs = torch.tensor([(q, a) for q, g in enumerate(train.gold) for a in g], dtype=torch.long)
@@ -148,22 +154,25 @@ def fit(model: nn.Module, articles: Features, train: Split, valid: Split, pool: 
     pool_t = torch.as_tensor(pool, dtype=torch.long)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     result, best_state, stale, started = TrainResult(best_recall=-1.0), None, 0, time.perf_counter()
-    epochs = progress(range(1, config.epochs + 1), desc="epochs")
+    epochs = progress(range(1, config.epochs + 1), desc="epochs", disable=not ranks.writer)
     for epoch in epochs:
         model.train()
         losses = []
         for batch in progress(torch.randperm(len(pairs), generator=generator).split(config.batch_size),
-                              desc=f"epoch {epoch}"):
+                              desc=f"epoch {epoch}", disable=not ranks.writer):
             query, positive = pairs[batch].T
             candidates = torch.cat([positive[:, None], _negatives(query, pool_t, len(articles), config, generator)], 1)
+            mine = ranks.share(torch.arange(len(batch)))
+            query, candidates = query[mine], candidates[mine]
             with _autocast(device):
-                logits = model(tuple(t[query.to(device)] for t in queries_on.tensors),
-                               articles_on.take(candidates.to(device))).float()
+                logits = net(tuple(t[query.to(device)] for t in queries_on.tensors),
+                             articles_on.take(candidates.to(device))).float()
             other_gold = is_gold[query[:, None], candidates]
             other_gold[:, 0] = False  # the positive stays; other gold articles are not negatives
             loss = F.cross_entropy(logits.masked_fill(other_gold.to(device), float("-inf")),
                                    torch.zeros(len(query), dtype=torch.long, device=device))
-            losses.append(loss.item())
+            loss = loss * ranks.weight(len(mine), len(batch))
+            losses.append(ranks.mean(loss.detach().clone()).item())  # the batch's mean, alike on every rank
             stop_if_diverged(losses[-1], "the loss", epoch, config.lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from indexes import metrics
 from indexes.errors import UserError
-from indexes.files import atomic_dir, check_output
+from indexes.distributed import join, launch_rank, rank_device, writer_dir
+from indexes.files import check_output
 from indexes.runtime import progress, require_finite_parameters, resolve_device, seed_everything
 from indexes.text_encoder import DEFAULT_TEXT_ENCODER
 from vision.datasets import check_memory
@@ -92,12 +93,16 @@ def train_focallens(model: FocalLens, data: ConditionalSet, settings: TrainSetti
     if len(data) < 2:
         raise UserError(f"need at least 2 training images, got {len(data)}")
     seed_everything(settings.seed)
-    device = resolve_device(settings.device)
+    ranks = join()
+    device = rank_device(resolve_device(settings.device), ranks)
     model.to(device).train()
     check_memory(len(data) * 3 * model.image_size**2, f"{len(data):,} training images at {model.image_size} px")
     targets = _targets(data, model, device)
     images = model.to_pixels(data.images)  # uint8 at the model's resolution, resized once
     batch = min(settings.batch_size, len(data))
+    if batch % ranks.world:
+        raise UserError(f"--batch-size {batch} does not split evenly across {ranks.world} processes")
+    net = ranks.wrap(model)
     steps_per_epoch = len(data) // batch
     total = settings.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -106,17 +111,19 @@ def train_focallens(model: FocalLens, data: ConditionalSet, settings: TrainSetti
     generator = torch.Generator().manual_seed(settings.seed)
     n_factors, n_phrasings = targets.instructions.shape
     history, started = [], time.perf_counter()
-    for epoch in progress(range(1, settings.epochs + 1), desc="train focallens", unit="epoch"):
+    for epoch in progress(range(1, settings.epochs + 1), desc="train focallens", unit="epoch", disable=not ranks.writer):
         order = torch.randperm(len(data), generator=generator)[: steps_per_epoch * batch].view(steps_per_epoch, batch)
         factor = torch.randint(n_factors, order.shape, generator=generator)
         phrasing = torch.randint(n_phrasings, order.shape, generator=generator)
         losses = []
         for rows, f, p in zip(order, factor, phrasing):
-            pixels = model.normalize(images[rows].to(device))
+            # under torchrun each rank embeds its share; the loss is over the whole batch on every rank
+            pixels = model.normalize(images[ranks.share(rows)].to(device))
+            condition = targets.instruction_emb[targets.instructions[ranks.share(f), ranks.share(p)].to(device)]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-                emb = model(pixels, targets.instruction_emb[targets.instructions[f, p].to(device)])
+                emb = ranks.gather(net(pixels, condition).float())
             scale = model.logit_scale.exp().clamp(max=100)  # CLIP's cap
-            loss = contrastive_loss(emb.float(), targets.answers[rows, f].to(device), targets.answer_emb, scale)
+            loss = contrastive_loss(emb, targets.answers[rows, f].to(device), targets.answer_emb, scale)
             losses.append(loss.item())
             metrics.require_finite(losses[-1], f"training losses (epoch {epoch}; try a lower --lr)")
             optimizer.zero_grad(set_to_none=True)
@@ -131,7 +138,7 @@ def train_focallens(model: FocalLens, data: ConditionalSet, settings: TrainSetti
 
 def save_model(model: FocalLens, out: str | Path, overwrite: bool = False) -> Path:
     """Write the model directory (config.json + model.safetensors) atomically."""
-    with atomic_dir(out, "model", overwrite) as tmp:
+    with writer_dir(out, "model", overwrite) as tmp:  # under torchrun, rank 0 writes
         model.save_pretrained(tmp)
     return Path(out)
 
@@ -143,7 +150,8 @@ def train_from_data(data: str | Path, out: str | Path, unconditional: bool = Fal
     (replacing a model ragcli wrote there only with `overwrite`).
 
     `vit`: patch_size, embed_dim, depth, num_heads of the ViT."""
-    check_output(out, overwrite, "model directory")
+    if launch_rank() == 0:
+        check_output(out, overwrite, "model directory")
     train = load_split(data, "train", image_size, seed)
     text_encoder = text_encoder or DEFAULT_TEXT_ENCODER
     text_dim = text_tower(text_encoder).dim
