@@ -187,12 +187,13 @@ def _filter(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
 @click.option("--where", callback=_filter, help='Payload filter as JSON: ["year", ">=", 1990] or {"and": [...]}.')
 @click.option("--skip-unknown", is_flag=True, help="Drop unknown history items instead of failing (recsys).")
 @click.option("--sheet", type=click.Path(path_type=Path), help="Write a contact sheet PNG (image indexes).")
+@click.option("--explain", is_flag=True, help="On the --sheet, heat maps of what makes each neighbour similar (Grad-CAM).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--shard", is_flag=True, help="Split the index across GPUs instead of replicating it.")
 @json_option
 def index_query(name: str, text: str | None, history: str | None, image: Path | None, condition: str | None,
                 queries_file: Path | None, output: Path | None, run_id: str, k: int, where: Any, skip_unknown: bool,
-                sheet: Path | None, device: str, shard: bool, as_json: bool) -> None:
+                sheet: Path | None, explain: bool, device: str, shard: bool, as_json: bool) -> None:
     """Query an index with TEXT, --history or --image (or a batch with --queries FILE) and print ranked results."""
     from indexes import Query, open_index
 
@@ -200,6 +201,8 @@ def index_query(name: str, text: str | None, history: str | None, image: Path | 
         raise UserError("give exactly one of TEXT, --history, --image or --queries FILE")
     if output is not None and queries_file is None:
         raise UserError("--output writes the run of a --queries batch")
+    if explain and sheet is None:
+        raise UserError("--explain draws on the contact sheet: give --sheet FILE.png")
     if text is not None and not text.strip():
         raise UserError("the query text is empty")
     items = None if history is None else [h.strip() for h in history.split(",") if h.strip()]
@@ -214,7 +217,7 @@ def index_query(name: str, text: str | None, history: str | None, image: Path | 
     if sheet is not None:
         if not hasattr(engine, "contact_sheet"):
             raise UserError("--sheet draws image neighbours; this is not an image index")
-        engine.contact_sheet(query, hits, sheet)
+        engine.contact_sheet(query, hits, sheet, explain=explain)
     emit([{"rank": r, **h.to_dict()} for r, h in enumerate(hits, 1)], as_json, _format_hits)
 
 
@@ -382,12 +385,12 @@ def _cutoffs(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @json_option
 def train_sasrec_command(data: str, fmt: str, out: Path, post_ln: bool, as_json: bool, **options: Any) -> None:
-    """Train SASRec on next-item prediction; the best checkpoint (validation NDCG@10) goes to --out."""
+    """Train SASRec on next-item prediction; the best checkpoint (validation nDCG@10) goes to --out."""
     from recsys.train import train_from_path
 
     summary = train_from_path(data, out, fmt=fmt, pre_ln=not post_ln, **options)
     emit(summary, as_json, lambda s: (
-        f"saved {s['out']}: best validation NDCG@10 {s['best_valid_ndcg10']:.4f} at epoch {s['best_epoch']} "
+        f"saved {s['out']}: best validation nDCG@10 {s['best_valid_nDCG@10']:.4f} at epoch {s['best_epoch']} "
         f"of {s['epochs_run']} ({s['seconds_per_epoch']:.1f} s/epoch, {s['users']} users, {s['items']} items)"))
 
 
@@ -417,7 +420,7 @@ def plot_training_command(model_dir: Path, out: Path, title: str | None, as_json
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @json_option
 def eval_sasrec_command(as_json: bool, **options: Any) -> None:
-    """HR@K, NDCG@K and MRR@K on each user's last item (leave-one-out test)."""
+    """Success@K, nDCG@K and RR@K on each user's last item (leave-one-out test)."""
     from recsys.evaluate import evaluate_model
 
     result = evaluate_model(**options)
@@ -474,7 +477,7 @@ def data_stats_command(path: str, fmt: str, as_json: bool) -> None:
 @json_option
 def eval_coliee(years: str, valid_years: str | None, protocol: str, tune_years: int, finetune_epochs: int,
                 as_json: bool, **options: Any) -> None:
-    """Macro P / R / F2 of the selected article sets (as COLIEE scores them), Recall@N and MAP."""
+    """Macro SetP / SetR / SetF2 of the selected article sets (as COLIEE scores them), R@K and AP."""
     from retrieval.coliee import parse_years
 
     if finetune_epochs and protocol != "forward":
@@ -499,16 +502,16 @@ def eval_coliee(years: str, valid_years: str | None, protocol: str, tune_years: 
 
 def _format_forward(result: dict[str, Any]) -> str:
     def row(name: str, r: dict[str, Any]) -> str:
-        f2, bm25 = r["metrics"]["F2"] if "metrics" in r else r["F2"], r["bm25_F2"]
-        low, high = r["F2_interval"]
+        f2, bm25 = r["metrics"]["SetF2"] if "metrics" in r else r["SetF2"], r["bm25_SetF2"]
+        low, high = r["SetF2_interval"]
         gain_low, gain_high = r["gain_interval"]
         return (f"{name:<8} {f2:.4f} [{low:.3f}, {high:.3f}]  BM25 {bm25:.4f}  "
                 f"gain {r['gain_over_bm25']:+.4f} [{gain_low:+.3f}, {gain_high:+.3f}]")
 
     years = [row(r["year"], r) + f"  (tuned on {','.join(r['tuned_on'])}, ratio {r['ratio']:.2f})"
              for r in result["years"]]
-    return "\n".join([f"{result['model']}, forward protocol (macro F2, 95% bootstrap intervals):", *years,
-                      row("pooled", result["pooled"]) + f"  (mean of years {result['pooled']['mean_year_F2']:.4f})"])
+    return "\n".join([f"{result['model']}, forward protocol (macro SetF2, 95% bootstrap intervals):", *years,
+                      row("pooled", result["pooled"]) + f"  (mean of years {result['pooled']['mean_year_SetF2']:.4f})"])
 
 
 def _format_coliee(result: dict[str, Any]) -> str:
@@ -517,8 +520,8 @@ def _format_coliee(result: dict[str, Any]) -> str:
     metrics = result["metrics"]
     return "\n".join([
         f"{result['model']} on {','.join(result['years'])} ({result['queries']} queries), {tuned}: ratio {result['ratio']:.2f}{weights}",
-        "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.startswith("Recall@")),
-        "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("Recall@")),
+        "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.startswith("R@")),
+        "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("R@")),
         *([f"run file {result['run']}"] if "run" in result else []),
         *([f"hybrid saved to {result['hybrid']}"] if "hybrid" in result else []),
     ])
@@ -540,7 +543,7 @@ def _neural_train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--negatives", type=click.IntRange(1, MAX_NEGATIVES), default=15, show_default=True,
                      help="Negatives per positive (half hard BM25/dense negatives, half random)."),
         click.option("--patience", type=click.IntRange(1, MAX_EPOCHS), default=4, show_default=True,
-                     help="Stop after this many epochs without a better validation Recall@5."),
+                     help="Stop after this many epochs without a better validation R@5 (recall)."),
         click.option("--device", type=DEVICE, default="auto", show_default=True),
         click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True),
     ]
@@ -559,7 +562,7 @@ def _train_neural(architecture: str, out: Path, overwrite: bool, as_json: bool, 
                           overwrite=overwrite, **options)
     emit(summary, as_json, lambda s: (
         f"{s['architecture']} saved to {s['out']}: best epoch {s['best_epoch']} of {len(s['history'])}, "
-        f"valid Recall@5 {s['valid_recall@5']:.4f}, {s['train_queries']} training queries, {s['train_seconds']} s"))
+        f"valid R@5 {s['best_valid_R@5']:.4f}, {s['train_queries']} training queries, {s['train_seconds']} s"))
 
 
 def _finetune_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -643,6 +646,23 @@ def embed_images(images: Path, as_json: bool, **options: Any) -> None:
         f"wrote {r['images']} x {r['dim']} embeddings to {r['out']} "
         f"({r['images_per_s']} images/s, {r['encoder']['name']})"))
 
+
+@ragcli.group()
+def models() -> None:
+    """Image encoder models: what --encoder can name."""
+
+
+@models.command("list")
+@click.argument("pattern", required=False)
+@json_option
+def models_list(pattern: str | None, as_json: bool) -> None:
+    """List the models image encoders are built from (ragcli's backbones and timm's), matching PATTERN ('van*')."""
+    from vision.encoders import list_encoders
+
+    emit(list_encoders(pattern), as_json, lambda rows: "\n".join(
+        f"{r['name']:<40} {r['source']:<6}  {'local weights' if r['local_weights'] else '-'}"
+        for r in rows) or f"no models match {pattern!r}")
+
 @data.command("make-conditional")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset directory to write.")
 @click.option("--n", type=click.IntRange(2, MAX_GENERATED_IMAGES), default=2000, show_default=True,
@@ -650,10 +670,13 @@ def embed_images(images: Path, as_json: bool, **options: Any) -> None:
 @click.option("--size", type=click.IntRange(16, MAX_IMAGE_SIDE), default=64, show_default=True, help="Image side in pixels.")
 @click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True)
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
+@click.option("--source", type=click.Choice(["shapes", "digits"]), default="shapes", show_default=True,
+              help="shapes: drawn shapes (shape, colour, size, position, background); digits: scikit-learn's "
+                   "handwritten digits, coloured (digit, colour).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing directory.")
 @json_option
 def data_make_conditional(out: Path, overwrite: bool, as_json: bool, **options: Any) -> None:
-    """Generate the conditional image benchmark (shape, colour, size, position, background)."""
+    """Generate a conditional image benchmark: drawn shapes, or coloured handwritten digits (no download)."""
     from vision.synthetic import generate_dataset
 
     emit(generate_dataset(out, overwrite=overwrite, **options), as_json,
@@ -661,8 +684,10 @@ def data_make_conditional(out: Path, overwrite: bool, as_json: bool, **options: 
 
 
 @train.command("focallens")
-@click.option("--data", required=True, help="A dataset directory (from `data make-conditional`, or images with labels), or 'generated'.")
+@click.option("--data", required=True, help="A dataset directory (from `data make-conditional`, a CelebA folder, or images with labels), or 'generated'.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@click.option("--attributes", callback=lambda _ctx, _param, value: None if value is None else value.split(","),
+              help="Factors to train on, comma-separated (CelebA: Smiling,Eyeglasses). Default: all.")
 @click.option("--unconditional", is_flag=True, help="Train the unconditional baseline (same network and loop, no instruction).")
 @click.option("--epochs", type=click.IntRange(1, MAX_IMAGE_EPOCHS), default=16, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2, MAX_BATCH_SIZE), default=64, show_default=True)
@@ -686,18 +711,18 @@ def train_focallens_command(data: str, out: Path, as_json: bool, **options: Any)
 
 
 @evaluate.command("images")
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="A labelled image dataset (a split directory or a `data make-conditional` folder).")
-@click.option("--split", default="test", show_default=True, help="Split to evaluate when --data has splits.")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="A labelled image dataset (a split directory, a `data make-conditional` folder or a CelebA folder).")
+@click.option("--split", default="test", show_default=True, help="Split to evaluate when --data has splits (CelebA: train, valid, test).")
 @click.option("--encoder", help="Encoder spec (timm:NAME, hf:PATH, ...) for an unconditional encoder.")
 @click.option("--weights", type=click.Path(path_type=Path), help="--encoder backbone weights (.safetensors file or dir).")
 @click.option("--model", type=click.Path(path_type=Path), help="A FocalLens model directory.")
 @click.option("--condition", "conditions", multiple=True,
-              help="FACTOR or FACTOR=INSTRUCTION, repeatable; relevance = same FACTOR value. Default: every factor.")
+              help="FACTOR (CelebA: an attribute, e.g. Smiling) or FACTOR=INSTRUCTION, repeatable; relevance = same FACTOR value. Default: every factor.")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=64, show_default=True)
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @json_option
 def eval_images(as_json: bool, **options: Any) -> None:
-    """Recall@K, Precision@K and mAP@R per condition and averaged."""
+    """Success@K (a relevant image in the top K), P@K and mAP@R per condition and averaged."""
     from vision.evaluate import evaluate_images
 
     emit(evaluate_images(**options), as_json, _format_image_metrics)
@@ -705,8 +730,9 @@ def eval_images(as_json: bool, **options: Any) -> None:
 
 def _format_image_metrics(results: dict[str, dict[str, float]]) -> str:
     names = list(results["mean"])
-    rows = [f"{'condition':<14}" + "".join(f"{m:>9}" for m in names)]
-    rows += [f"{c:<14}" + "".join(f"{r[m]:9.4f}" for m in names) for c, r in results.items()]
+    widths = [max(9, len(m) + 1) for m in names]  # "Success@10" is wider than a value
+    rows = [f"{'condition':<14}" + "".join(f"{m:>{w}}" for m, w in zip(names, widths))]
+    rows += [f"{c:<14}" + "".join(f"{r[m]:{w}.4f}" for m, w in zip(names, widths)) for c, r in results.items()]
     return "\n".join(rows)
 
 

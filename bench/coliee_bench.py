@@ -3,7 +3,7 @@ each tuned on the validation year (selection ratio, fusion weights) and scored o
 
     .venv/bin/python bench/coliee_bench.py [--data ../shared/data/coliee] [--model paraformer=DIR ...]
 
-Prints a markdown table: macro F2 / P / R of the selected sets, Recall@N and MAP of the rankings,
+Prints a markdown table: macro SetF2 / SetP / SetR of the selected sets, R@K and AP of the rankings,
 training time (from a model's training.json), index build time and query time per query.
 """
 
@@ -26,7 +26,7 @@ from retrieval.evaluate import coliee_metrics, make_retriever, tune_on  # noqa: 
 from retrieval.fusion import HybridRetriever  # noqa: E402
 from retrieval.selection import select  # noqa: E402
 
-COLUMNS = ("F2", "P", "R", "Recall@1", "Recall@5", "Recall@10", "Recall@20", "MAP")
+COLUMNS = ("SetF2", "SetP", "SetR", "R@1", "R@5", "R@10", "R@20", "AP")
 
 
 def timed(fn, *args, **kwargs):

@@ -1,5 +1,5 @@
 """Conditional retrieval on the generated benchmark: an unconditional encoder vs FocalLens, same images,
-same network, same training loop and budget; per-condition mAP@R and Recall@1 on the test split.
+same network, same training loop and budget; per-condition mAP@R and Success@1 on the test split.
 
     .venv/bin/python bench/focallens_bench.py --n 10000 --size 32 --epochs 16 --out /tmp/focallens-bench
 
@@ -76,10 +76,11 @@ def main() -> None:
     print(f"\n{len(splits['train'])} train / {len(splits['test'])} test images of {args.size}x{args.size}; "
           f"ViT patch {args.patch}, dim {args.dim}, depth {args.depth}; {lens_log['steps']} steps of batch {args.batch_size} each; "
           f"training time unconditional {base_log['seconds']} s, FocalLens {lens_log['seconds']} s\n")
-    print("| condition | unconditional mAP@R | unconditional R@1 | FocalLens mAP@R | FocalLens R@1 |")
+    print("| condition | unconditional mAP@R | unconditional Success@1 | FocalLens mAP@R | FocalLens Success@1 |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for factor in lens:
-        print(f"| {factor} | {base[factor]['mAP@R']:.3f} | {base[factor]['R@1']:.3f} | {lens[factor]['mAP@R']:.3f} | {lens[factor]['R@1']:.3f} |")
+        print(f"| {factor} | {base[factor]['mAP@R']:.3f} | {base[factor]['Success@1']:.3f} | {lens[factor]['mAP@R']:.3f} "
+              f"| {lens[factor]['Success@1']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@
     python bench/recsys_bench.py reference --repo DIR --epochs 3    # the same, against pmixer/SASRec.pytorch
     python bench/recsys_bench.py table                             # markdown table of every result JSON
 
-Quality: HR@10 / NDCG@10 of the leave-one-out test items under full ranking and sampled100, epochs to
-the best validation NDCG@10, seconds per epoch (wall and process CPU), peak resident memory.
+Quality: Success@10 / nDCG@10 of the leave-one-out test items under full ranking and sampled100, epochs
+to the best validation nDCG@10, seconds per epoch (wall and process CPU), peak resident memory.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from indexes.metrics import current_names  # noqa: E402
 from recsys import losses  # noqa: E402
 from recsys.data import LeaveOneOut, load_sequences  # noqa: E402
 from recsys.evaluate import evaluate  # noqa: E402
-from recsys.recommender import Recommender  # noqa: E402
-from recsys.train import STATE_FILE, TrainConfig, train_sasrec  # noqa: E402
+from recsys.recommender import BEST_KEY, Recommender, read_training_state  # noqa: E402
+from recsys.train import TrainConfig, train_sasrec  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "recsys"
 # The SASRec paper's settings: sparse Games with maxlen 50 and dropout 0.5, dense MovieLens with 200 and 0.2.
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
     model_dir = args.out / name / "model"
     summary = train_sasrec(seqs, model_dir, config_for(args), resume=model_dir if args.resume else None,
                            overwrite=True)  # a rerun replaces its own earlier model
-    keys = ("epochs_run", "best_epoch", "best_valid_ndcg10", "seconds_per_epoch", "cpu_seconds_per_epoch", "peak_memory_mb")
+    keys = ("epochs_run", "best_epoch", BEST_KEY, "seconds_per_epoch", "cpu_seconds_per_epoch", "peak_memory_mb")
     write(args, name, {"dataset": args.dataset, "loss": args.loss, "users": seqs.n_users, "items": seqs.n_items,
                        **test_metrics(args, args.out / name / "model", seqs), **{k: summary[k] for k in keys}})
 
@@ -77,12 +78,12 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     """For a run stopped before early stopping ended it: its best checkpoint, and what the log said."""
     seqs = load_sequences(args.data or DATASETS[args.dataset]["path"])
     name = run_name(args)
-    state = json.loads((args.out / name / "model" / STATE_FILE).read_text())["state"]
+    state = read_training_state(args.out / name / "model")["state"]  # an earlier release's names read as today's
     history = state["history"]
     write(args, name, {
         "dataset": args.dataset, "loss": args.loss, "users": seqs.n_users, "items": seqs.n_items,
         **test_metrics(args, args.out / name / "model", seqs), "epochs_run": args.epochs_run or state["epoch"],
-        "best_epoch": state["best_epoch"], "best_valid_ndcg10": state["best_valid_ndcg10"],
+        "best_epoch": state["best_epoch"], BEST_KEY: state[BEST_KEY],
         "seconds_per_epoch": sum(h["seconds"] for h in history) / len(history),
         "cpu_seconds_per_epoch": sum(h.get("cpu_seconds", float("nan")) for h in history) / len(history),
         "peak_memory_mb": args.peak_mb or state.get("peak_memory_mb", float("nan")), "stopped_by_hand": True})
@@ -170,15 +171,16 @@ def write(args: argparse.Namespace, name: str, result: dict) -> None:
 
 
 def table(args: argparse.Namespace) -> None:
-    print("| dataset | loss | HR@10 full | NDCG@10 full | HR@10 sampled100 | NDCG@10 sampled100 "
+    print("| dataset | loss | Success@10 full | nDCG@10 full | Success@10 sampled100 | nDCG@10 sampled100 "
           "| s/epoch wall (CPU) | best epoch (epochs run) | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for file in sorted(args.out.glob("*.json")):
         r = json.loads(file.read_text())
+        r.update({protocol: current_names(r[protocol]) for protocol in ("full", "sampled100")})  # old results too
         note = " (stopped by hand)" if r.get("stopped_by_hand") else ""
         loss = r["loss"] + (", post-LN" if r.get("blocks") == "post-LN" else "")
-        print(f"| {r['dataset']} | {loss} | {r['full']['HR@10']:.4f} | {r['full']['NDCG@10']:.4f} "
-              f"| {r['sampled100']['HR@10']:.4f} | {r['sampled100']['NDCG@10']:.4f} "
+        print(f"| {r['dataset']} | {loss} | {r['full']['Success@10']:.4f} | {r['full']['nDCG@10']:.4f} "
+              f"| {r['sampled100']['Success@10']:.4f} | {r['sampled100']['nDCG@10']:.4f} "
               f"| {r['seconds_per_epoch']:.1f} ({r.get('cpu_seconds_per_epoch', float('nan')):.1f}) "
               f"| {r['best_epoch']} ({r['epochs_run']}{note}) | {r['peak_memory_mb']:.0f} |")
 

@@ -21,7 +21,8 @@ import torch
 from vision.encoders import create_encoder
 
 # (label, timm name, input side, model kwargs). HaloNet's 8x8 halo blocks need its stride-32 map to be a
-# multiple of 8, so it runs at its native 256 (224 fails).
+# multiple of 8, so it runs at its native 256 (224 fails); NiNformer's token MLP is sized to the patch grid at
+# construction, so it runs at its native (CIFAR) 32.
 BACKBONES = [
     ("FocalNet", "focalnet_tiny_srf", 224, {}),
     ("DaViT", "davit_tiny", 224, {}),
@@ -32,6 +33,15 @@ BACKBONES = [
     ("VAN", "van_b0", 224, {}),
     ("ViT", "vit_tiny_patch16_224", 224, {}),
     ("ViT+EViT (keep 0.7)", "evit_tiny_patch16_224", 224, {"keep_rate": 0.7}),
+    ("MOAT", "moat_tiny_0", 224, {}),
+    ("NiNformer", "ninformer", 32, {}),
+    ("RMT", "rmt_t", 224, {}),
+    ("DiNAT", "dinat_mini", 224, {}),
+    ("OverLoCK", "overlock_xt", 224, {}),
+    ("Swin+VSA", "swin_vsa_tiny", 224, {}),
+    ("DHVT", "dhvt_tiny", 224, {}),
+    ("SpaRTAN", "spartan_t", 224, {}),
+    ("AttNet", "attnet_xxs", 224, {}),
 ]
 
 

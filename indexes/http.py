@@ -166,6 +166,25 @@ def create_app(engines: dict[str, Engine], api_key: str | None = None, window: f
         image.convert("RGB").save(buffer, "PNG")
         return Response(buffer.getvalue(), media_type="image/png")
 
+    @app.post("/indexes/{name}/explain", dependencies=[Depends(authorised)])
+    def explain(name: str, image: Annotated[UploadFile, File()], id: Annotated[str, Form(min_length=1)]) -> Response:
+        """A PNG of the uploaded query and the indexed image `id`, each under the heat map of what makes
+        it similar to the other (image indexes)."""
+        engine = batcher_of(name).engine
+        if not hasattr(engine, "explanation"):
+            raise HTTPException(404, f"index {name!r} holds no images")
+        data = image.file.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise HTTPException(413, f"images are limited to {MAX_UPLOAD_BYTES >> 20} MiB")
+        try:
+            item = int(id) if engine.index.manifest["id_type"] == "int" else id
+            picture = engine.explanation(Query(qid=image.filename or "1", image=io.BytesIO(data)), item)
+        except (UserError, ValueError) as err:
+            raise HTTPException(400, str(err)) from None
+        buffer = io.BytesIO()
+        picture.save(buffer, "PNG")
+        return Response(buffer.getvalue(), media_type="image/png")
+
     @app.get("/metrics", dependencies=[Depends(authorised)])
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -4,6 +4,14 @@ A ranking of Q queries is summarised as `hits`, a (Q, K) bool array where `hits[
 item ranked r-th (0-based) for query q is relevant, plus `n_relevant`, the (Q,) count of relevant
 items per query (which may exceed K). Every function returns one value per query; average it yourself
 or call `summarize`. All functions are vectorised over queries.
+
+Names: every family reports metrics by ir_measures' names (what `ragcli eval run` scores), averaged over
+queries: `Success@K` (a relevant item in the top K, the "hit rate"), `P@K`, `R@K` (the share of the
+relevant items found in the top K), `nDCG@K`, `RR@K` (reciprocal rank), `AP`, and for sets `SetP`,
+`SetR` and `SetF2` (F-beta with beta 2, COLIEE's F2: ir_measures' `SetF(beta=4.0)`, trec_eval's beta
+being the square of the usual one); plus `mAP@R` (Musgrave et al., 2020), which ir_measures lacks.
+Training records carry `valid_<name>` per epoch and `best_valid_<name>`. `RENAMED` lists the names of
+earlier releases; `current_names` reads files they wrote.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ __all__ = [
     "map_at_r",
     "set_precision_recall_fbeta",
     "summarize",
+    "RENAMED",
+    "current_name",
+    "current_names",
 ]
 
 
@@ -68,7 +79,8 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def hit_rate_at_k(hits: np.ndarray, k: int) -> np.ndarray:
-    """1 if any relevant item is in the top k (HR@K, a.k.a. Recall@K with one target)."""
+    """1 if any relevant item is in the top k: `Success@K` (the hit rate, once called HR@K; equal to R@K
+    when a query has one relevant item)."""
     return _top(hits, k).any(axis=1).astype(np.float64)
 
 
@@ -83,7 +95,7 @@ def recall_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
 
 
 def ndcg_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
-    """Binary-gain NDCG@k: DCG = sum 1/log2(rank+2) over hits, over the DCG of a perfect ranking."""
+    """Binary-gain `nDCG@K`: DCG = sum 1/log2(rank+2) over hits, over the DCG of a perfect ranking."""
     top = _top(hits, k)
     discounts = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))
     dcg = top @ discounts
@@ -93,7 +105,7 @@ def ndcg_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
 
 
 def mrr_at_k(hits: np.ndarray, k: int) -> np.ndarray:
-    """Reciprocal rank of the first relevant item within the top k, 0 if none."""
+    """`RR@K`: reciprocal rank of the first relevant item within the top k, 0 if none."""
     top = _top(hits, k)
     first = top.argmax(axis=1)
     return np.where(top.any(axis=1), 1.0 / (first + 1), 0.0)
@@ -102,7 +114,9 @@ def mrr_at_k(hits: np.ndarray, k: int) -> np.ndarray:
 def average_precision(hits: np.ndarray, n_relevant: np.ndarray, k: int | None = None) -> np.ndarray:
     """AP over the ranking (cut at k if given): mean of precision@r at each relevant rank r.
 
-    Normalised by min(n_relevant, k) so a perfect truncated ranking scores 1; its mean is MAP.
+    Normalised by min(n_relevant, k) so a perfect truncated ranking scores 1; its mean is MAP, reported
+    as `AP` (ir_measures' name, the mean over queries implied). Uncut, it is trec_eval's AP; cut at k it
+    differs from trec_eval's `AP@K` (which divides by every relevant item) when n_relevant > k.
     """
     top = np.asarray(hits, dtype=bool) if k is None else _top(hits, k)
     ranks = np.arange(1, top.shape[1] + 1)
@@ -130,7 +144,8 @@ def map_at_r(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
 def set_precision_recall_fbeta(
     predicted: Sequence[Iterable], gold: Sequence[Iterable], beta: float = 2.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-query precision, recall and F-beta of predicted sets against gold sets.
+    """Per-query precision, recall and F-beta of predicted sets against gold sets (`SetP`, `SetR`,
+    `SetF2` for beta 2).
 
     COLIEE Task 3 reports the mean of each over queries (macro average); an empty prediction
     scores precision 0.
@@ -149,23 +164,48 @@ def set_precision_recall_fbeta(
 
 
 _AT_K = {
-    "HR": lambda hits, n_rel, k: hit_rate_at_k(hits, k),
+    "Success": lambda hits, n_rel, k: hit_rate_at_k(hits, k),
     "P": lambda hits, n_rel, k: precision_at_k(hits, k),
     "R": recall_at_k,
-    "NDCG": ndcg_at_k,
-    "MRR": lambda hits, n_rel, k: mrr_at_k(hits, k),
-    "MAP": average_precision,
+    "nDCG": ndcg_at_k,
+    "RR": lambda hits, n_rel, k: mrr_at_k(hits, k),
+    "AP": average_precision,
 }
 
 
 def summarize(
-    hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int], metrics: Sequence[str] = ("HR", "NDCG", "MRR")
+    hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int], metrics: Sequence[str] = ("Success", "nDCG", "RR")
 ) -> dict[str, float]:
-    """Mean of each metric at each k, keyed like `"NDCG@10"`; metric names are those of `_AT_K`."""
+    """Mean of each metric at each k, keyed like `"nDCG@10"`; metric names are those of `_AT_K`."""
     unknown = set(metrics) - set(_AT_K)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; known: {sorted(_AT_K)}")
     return {f"{m}@{k}": float(_AT_K[m](hits, n_relevant, k).mean()) if len(hits) else 0.0 for m in metrics for k in ks}
+
+
+# Deprecated: the names earlier releases wrote, and what each is called now. Nothing writes them any more;
+# `current_names` reads files they wrote (training.json histories, saved results) for one more release.
+# A name ending in "@" renames every cut-off. Vision's old "R@K" is not here: it was a hit rate, now
+# `Success@K`, and R@K now means recall, so an old vision result cannot be read by name.
+RENAMED = {
+    "HR@": "Success@", "NDCG@": "nDCG@", "MRR@": "RR@", "Recall@": "R@", "MAP": "AP",
+    "P": "SetP", "R": "SetR", "F2": "SetF2", "F2_interval": "SetF2_interval", "bm25_F2": "bm25_SetF2",
+    "mean_year_F2": "mean_year_SetF2",
+    "valid_ndcg10": "valid_nDCG@10", "best_valid_ndcg10": "best_valid_nDCG@10", "valid_recall@": "valid_R@",
+}
+
+
+def current_name(name: str) -> str:
+    """The current name of a metric key written by an earlier release (`RENAMED`); any other key as it is."""
+    for old, new in RENAMED.items():
+        if name == old or (old.endswith("@") and name.startswith(old)):
+            return new + name[len(old):]
+    return name
+
+
+def current_names(record: dict) -> dict:
+    """`record` (one flat dict of metric values, e.g. a history row) with every old key renamed."""
+    return {current_name(key): value for key, value in record.items()}
 
 
 def bootstrap_interval(values: Sequence[float], baseline: Sequence[float] | None = None, confidence: float = 0.95,

@@ -2,9 +2,10 @@
 PNG, loss and each validation metric, because a curve is read at a glance where JSON is not) and as the
 settings of the run (`ragcli train ... --config training.json` replays them).
 
-Reads the trainers' records: SASRec's (`config`, `state.history` with `loss` and `valid_ndcg10`),
-Paraformer / Attentive CNN's (`config`, `history` with `loss` and `valid_recall@K`), the bi-encoder's
-(settings at the top, `history`) and FocalLens's (`settings`, `loss`: one number per epoch).
+Reads the trainers' records: SASRec's (`config`, `state.history` with `loss` and `valid_nDCG@10`),
+Paraformer / Attentive CNN's (`config`, `history` with `loss` and `valid_R@K`), the bi-encoder's
+(settings at the top, `history`) and FocalLens's (`settings`, `loss`: one number per epoch). Records of an
+earlier release (`valid_ndcg10`, `valid_recall@K`) are read under today's names (`indexes.metrics.RENAMED`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from indexes.errors import UserError
 from indexes.files import atomic_write_bytes, read_json
+from indexes.metrics import current_name
 
 TRAINING_FILE = "training.json"
 
@@ -53,7 +55,7 @@ def _rows(saved: Any) -> list[dict[str, float]] | None:
         history = [{"epoch": epoch, "loss": loss} for epoch, loss in enumerate(saved["loss"], 1)]
     if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
         return None
-    return [{key: float(value) for key, value in row.items()
+    return [{current_name(key): float(value) for key, value in row.items()
              if (key in ("epoch", "loss") or key.startswith("valid_")) and _number(value)} for row in history]
 
 

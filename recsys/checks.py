@@ -10,7 +10,7 @@ from indexes.errors import UserError
 MAX_EPOCHS = 100_000
 MAX_NEGATIVES = 10_000  # gbce draws this many per position
 MAX_COUNT = 2**31 - 1  # --k-core, --min-len: interaction counts
-MAX_CUTOFF = 1_000_000  # an evaluation cut-off K: NDCG@K's ideal discounts take K floats
+MAX_CUTOFF = 1_000_000  # an evaluation cut-off K: nDCG@K's ideal discounts take K floats
 MAX_MAXLEN = 4096  # the causal mask is maxlen^2
 MAX_HIDDEN = 8192
 MAX_BLOCKS = 64

@@ -30,7 +30,7 @@ N_SAMPLED = 100
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    """HR@K, NDCG@K, MRR@K from each query's 0-based target rank (one relevant item per query)."""
+    """Success@K, nDCG@K, RR@K from each query's 0-based target rank (one relevant item per query)."""
     width = min(max(ks), int(ranks.max(initial=0)) + 1)  # no rank reaches past the last item
     hits = ranks[:, None] == np.arange(width)[None, :]
     return summarize(hits, np.ones(len(ranks), dtype=np.int64), ks)
@@ -118,5 +118,5 @@ def evaluate_model(data: str | Path, model_dir: str | Path, fmt: str = "auto", p
 
 def evaluate(model: SASRec, case: EvalCase, protocol: str = "full", ks: Sequence[int] = (1, 5, 10, 20),
              keep_seen: bool = False, batch_size: int = 1024, seed: int = 0) -> dict[str, float]:
-    """HR@K, NDCG@K and MRR@K of `model` on one stage of a split."""
+    """Success@K, nDCG@K and RR@K of `model` on one stage of a split."""
     return metrics_from_ranks(target_ranks(model, case, protocol, keep_seen, batch_size, seed), ks)

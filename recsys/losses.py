@@ -6,7 +6,7 @@
 - `gbce`: gSASRec's generalised BCE (Petrov & Macdonald, RecSys 2023): N negatives per position, positive
   term raised to beta, which undoes the over-confidence that negative sampling causes (t calibrates).
   Drawn per position as gSASRec does: with N negatives shared by the batch, the summed BCE pushes those
-  few items down so hard that training on Amazon Games diverges (measured: validation NDCG@10 0.002).
+  few items down so hard that training on Amazon Games diverges (measured: validation nDCG@10 0.002).
 Negatives are drawn uniformly in one vectorised call; a negative equal to its position's target is masked.
 """
 

@@ -20,7 +20,7 @@ from huggingface_hub import hf_hub_download
 
 from indexes import Hit, UserError
 from indexes.files import read_json
-from indexes.metrics import require_finite
+from indexes.metrics import current_names, require_finite
 from indexes.runtime import load_pretrained, resolve_device
 from recsys.checks import ARCHITECTURE
 from recsys.data import windows
@@ -28,6 +28,8 @@ from recsys.model import SASRec
 
 ID_MAP_FILE = "item_ids.json"
 STATE_FILE = "training.json"
+VALID_METRIC = "nDCG@10"  # early stopping's; STATE_FILE's state has `valid_nDCG@10` per epoch and `best_valid_nDCG@10`
+VALID_KEY, BEST_KEY = f"valid_{VALID_METRIC}", f"best_valid_{VALID_METRIC}"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -129,13 +131,17 @@ def _checked_ids(ids: Any, n_items: int, where: str) -> list[str]:
 
 
 def read_training_state(model_dir: str | Path) -> dict[str, Any]:
-    """The `training.json` of a model directory ({"config": ..., "state": ...}), checked enough to use."""
+    """The `training.json` of a model directory ({"config": ..., "state": ...}), checked enough to use; the
+    metric names of an earlier release's state (`valid_ndcg10`) are read as today's (`indexes.metrics.RENAMED`)."""
     saved = read_json(Path(model_dir) / STATE_FILE, "training state")
     if not (isinstance(saved, dict) and isinstance(saved.get("config"), dict) and isinstance(saved.get("state"), dict)):
         raise UserError(f"{model_dir}: {STATE_FILE} must hold a 'config' and a 'state' object")
-    config, state = saved["config"], saved["state"]
+    config, state = saved["config"], current_names(saved["state"])
+    if isinstance(state.get("history"), list):
+        state["history"] = [current_names(row) if isinstance(row, dict) else row for row in state["history"]]
+    saved["state"] = state
     counts = [config.get("k_core", 0), config.get("min_len", 1), state.get("epoch", 0), state.get("best_epoch", 0)]
     if not all(type(n) is int and n >= 0 for n in counts) or not isinstance(state.get("history", []), list) \
-            or not isinstance(state.get("best_valid_ndcg10", 0.0), (int, float)):
+            or not isinstance(state.get(BEST_KEY, 0.0), (int, float)):
         raise UserError(f"{model_dir}: {STATE_FILE} holds a malformed config or state")
     return saved

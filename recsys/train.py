@@ -1,4 +1,4 @@
-"""Training SASRec: AdamW over precomputed padded tensors, validation NDCG@10 for early stopping,
+"""Training SASRec: AdamW over precomputed padded tensors, validation nDCG@10 for early stopping,
 best checkpoint written atomically, resumable, bf16 autocast (CUDA by default, CPU when asked), DDP
 when launched by torchrun.
 
@@ -31,7 +31,7 @@ from recsys.data import EvalCase, LeaveOneOut, Sequences, load_sequences
 from recsys.evaluate import evaluate
 from recsys.losses import LOSSES, sequence_loss
 from recsys.model import SASRec
-from recsys.recommender import STATE_FILE, Recommender, read_training_state
+from recsys.recommender import BEST_KEY, STATE_FILE, VALID_KEY, VALID_METRIC, Recommender, read_training_state
 
 OPTIMIZER_FILE = "optimizer.pt"
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, float32 on CPU
@@ -94,7 +94,7 @@ def _peak_memory_mb(device: str) -> float:
 def train_sasrec(seqs: Sequences, out: str | Path, config: TrainConfig, resume: str | Path | None = None,
                  overwrite: bool = False) -> dict[str, Any]:
     """Train on the leave-one-out training part of `seqs`; keep the checkpoint with the best validation
-    NDCG@10 in `out` (config.json, model.safetensors, item_ids.json, training.json, optimizer.pt).
+    nDCG@10 in `out` (config.json, model.safetensors, item_ids.json, training.json, optimizer.pt).
 
     An existing `out` is replaced only with `overwrite` (or when resuming from it); a diverging run (NaN
     or infinite loss or scores) stops with a UserError and leaves its last good checkpoint in `out`."""
@@ -136,17 +136,17 @@ DIVERGED = 2.0  # the stop flag rank 0 broadcasts when validation scores are not
 
 def _validate(model: SASRec, valid: EvalCase, seqs: Sequences, optimizer: torch.optim.Optimizer,
               state: dict[str, Any], config: TrainConfig, out: str | Path) -> float:
-    """Validation NDCG@10 of this epoch; saves a new best. Returns the stop flag: 1 to stop early,
+    """Validation nDCG@10 of this epoch; saves a new best. Returns the stop flag: 1 to stop early,
     DIVERGED when scores are not finite."""
     epoch = state["epoch"]
     try:
-        ndcg = evaluate(model, valid, ks=(10,), seed=config.seed)["NDCG@10"]
+        ndcg = evaluate(model, valid, ks=(10,), seed=config.seed)[VALID_METRIC]
     except UserError:  # require_finite on the scores
         return DIVERGED
-    state["history"][-1]["valid_ndcg10"] = ndcg
+    state["history"][-1][VALID_KEY] = ndcg
     state["peak_memory_mb"] = round(_peak_memory_mb(str(model.item_weight.device)), 1)
-    if ndcg > state["best_valid_ndcg10"]:
-        state.update(best_valid_ndcg10=ndcg, best_epoch=epoch)
+    if ndcg > state[BEST_KEY]:
+        state.update({BEST_KEY: ndcg, "best_epoch": epoch})
         save_checkpoint(out, Recommender(model, seqs.item_ids), optimizer, state, config)
     return float((epoch - state["best_epoch"]) >= config.patience * config.eval_every)
 
@@ -175,7 +175,7 @@ def _check_out(out: str | Path, overwrite: bool, resume: str | Path | None) -> N
 def _start(seqs: Sequences, config: TrainConfig, device: str,
            resume: str | Path | None) -> tuple[SASRec, torch.optim.Optimizer, dict[str, Any]]:
     """A fresh model, optimizer and state, or those of the checkpoint in `resume`."""
-    state: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_valid_ndcg10": -1.0, "history": []}
+    state: dict[str, Any] = {"epoch": 0, "best_epoch": 0, BEST_KEY: -1.0, "history": []}
     if resume is None:
         model = SASRec(seqs.n_items, **{k: getattr(config, k) for k in ARCHITECTURE}).to(device)
     else:
@@ -283,7 +283,7 @@ def _summary(out: str | Path, seqs: Sequences, state: dict[str, Any], device: st
     return {
         "out": str(out), "users": seqs.n_users, "items": seqs.n_items, "interactions": int(len(seqs.items)),
         "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
-        "best_valid_ndcg10": state["best_valid_ndcg10"],
+        BEST_KEY: state[BEST_KEY],
         "seconds_per_epoch": sum(h["seconds"] for h in state["history"]) / epochs,
         "cpu_seconds_per_epoch": sum(h.get("cpu_seconds", 0.0) for h in state["history"]) / epochs,
         "peak_memory_mb": round(_peak_memory_mb(device), 1), "device": device, "history": state["history"],

@@ -1,5 +1,7 @@
 """COLIEE Task 3 evaluation: macro precision / recall / F2 of the selected sets (per query, then
-averaged, as COLIEE scores them), Recall@N and MAP of the full ranking, and TREC-style run files."""
+averaged, as COLIEE scores them: `SetP`, `SetR`, `SetF2`), recall at cut-offs (`R@K`) and `AP` of the
+full ranking, and TREC-style run files. Names are ir_measures' (`indexes.metrics`); the set metrics carry
+its `Set` prefix so that they are never read as the ranking's `P@K` / `R@K`."""
 
 from __future__ import annotations
 
@@ -28,13 +30,13 @@ BUILTIN_MODELS = ("bm25", "dense", "hybrid")
 
 def coliee_metrics(scores: np.ndarray, article_ids: Sequence[str], gold: Sequence[Sequence[str]],
                    selected: Sequence[Sequence[str]]) -> dict[str, float]:
-    """F2, P, R of the selected sets (macro), Recall@N and MAP of the ranking given by `scores`."""
+    """SetF2, SetP, SetR of the selected sets (macro), R@K and AP of the ranking given by `scores`."""
     precision, recall, f2 = set_precision_recall_fbeta(selected, gold, beta=2.0)
     hits, n_relevant = hit_matrix(ranked_ids(scores, article_ids, len(article_ids)), gold)
     return {
-        "F2": float(f2.mean()), "P": float(precision.mean()), "R": float(recall.mean()),
-        **{f"Recall@{k}": float(recall_at_k(hits, n_relevant, k).mean()) for k in RECALL_KS},
-        "MAP": float(average_precision(hits, n_relevant).mean()),
+        "SetF2": float(f2.mean()), "SetP": float(precision.mean()), "SetR": float(recall.mean()),
+        **{f"R@{k}": float(recall_at_k(hits, n_relevant, k).mean()) for k in RECALL_KS},
+        "AP": float(average_precision(hits, n_relevant).mean()),
     }
 
 
@@ -84,7 +86,7 @@ def _trained(model_dir: Path, articles: Sequence[Article], device: str) -> Retri
 
 
 def tune_on(retriever: Retriever, queries: Sequence[Query]) -> float:
-    """Tune on validation queries: a hybrid's fusion weights (for F2; the retriever keeps them),
+    """Tune on validation queries: a hybrid's fusion weights (for SetF2; the retriever keeps them),
     then the selection ratio, which is returned."""
     texts, gold = [q.text for q in queries], [q.gold for q in queries]
     ids = retriever.article_ids

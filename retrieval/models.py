@@ -189,7 +189,7 @@ def train(architecture: str, articles: Sequence[Article], train_queries: Sequenc
         model.cpu().save_pretrained(tmp, config={**model._hub_mixin_config, "architecture": architecture})
         summary = {"architecture": architecture, "out": str(out), "train_queries": len(train_queries),
                    "valid_queries": len(valid_queries), "articles": len(articles), "best_epoch": result.best_epoch,
-                   f"valid_recall@{config.recall_k}": result.best_recall, "train_seconds": round(result.seconds, 1),
+                   f"best_valid_R@{config.recall_k}": result.best_recall, "train_seconds": round(result.seconds, 1),
                    "prepare_seconds": round(time.perf_counter() - started - result.seconds, 1),
                    "negative_miners": [m.name for m in miners], "config": dataclasses.asdict(config),
                    "finetune_epochs": finetune_epochs, "history": result.history}

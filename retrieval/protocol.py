@@ -3,7 +3,7 @@ choice (fusion weights, selection ratio) was made on earlier exam years only, ne
 
 Tuning pools the `tune_years` years before the test year (several years, so that one odd year does not
 pick the settings), and every year is compared with BM25 tuned the same way: a paired bootstrap on
-per-question F2 says whether a gain is larger than the noise of a 100-question exam.
+per-question F2 (`SetF2`) says whether a gain is larger than the noise of a 100-question exam.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def forward_evaluate(data_dir: Path | None, years: Sequence[str], model: str = "
                      tune_years: int = DEFAULT_TUNE_YEARS, encoder: str | None = None, device: str = "auto",
                      finetune_epochs: int = 0, seed: int = 0, data: Coliee | None = None) -> dict[str, Any]:
     """Score each of `years` under the forward protocol, with `model` (bm25 | dense | hybrid) and BM25
-    beside it; per year and pooled: macro F2 with a 95% bootstrap interval, and the paired interval of
+    beside it; per year and pooled: macro F2 (`SetF2`) with a 95% bootstrap interval, and the paired interval of
     the difference to BM25. With `finetune_epochs`, each test year gets its own encoder, fine-tuned on
     the years before its tuning years."""
     data = data or load_coliee(data_dir)
@@ -76,7 +76,7 @@ def forward_evaluate(data_dir: Path | None, years: Sequence[str], model: str = "
             tune_queries, test = data.queries(tune), data.queries([year])
             ours, bm25 = score_year(system, tune_queries, test), score_year(baseline, tune_queries, test)
         rows.append({"year": year, "tuned_on": tune, **({"trained_on": trained_on} if finetune_epochs else {}),
-                     "queries": len(test), **ours, "bm25_F2": bm25["metrics"]["F2"], "bm25_f2": bm25["f2"]})
+                     "queries": len(test), **ours, "bm25_SetF2": bm25["metrics"]["SetF2"], "bm25_f2": bm25["f2"]})
     name = system.name + (f" (encoder fine-tuned {finetune_epochs} epochs per year)" if finetune_epochs else "")
     return {"model": name, "protocol": "forward", "tune_years": tune_years,
             "years": [_summary(row) for row in rows], "pooled": _pooled(rows)}
@@ -98,7 +98,7 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
     """A year's row without the per-question lists, plus its intervals."""
     f2, bm25 = row["f2"], row["bm25_f2"]
     return {**{k: v for k, v in row.items() if k not in ("f2", "bm25_f2")},
-            "F2_interval": bootstrap_interval(f2), "gain_over_bm25": float(np.mean(f2) - np.mean(bm25)),
+            "SetF2_interval": bootstrap_interval(f2), "gain_over_bm25": float(np.mean(f2) - np.mean(bm25)),
             "gain_interval": bootstrap_interval(f2, bm25)}
 
 
@@ -106,6 +106,6 @@ def _pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Every test question of every year together; also the mean of the years' macro F2."""
     f2 = [v for row in rows for v in row["f2"]]
     bm25 = [v for row in rows for v in row["bm25_f2"]]
-    return {"queries": len(f2), "mean_year_F2": float(np.mean([row["metrics"]["F2"] for row in rows])),
-            "F2": float(np.mean(f2)), "F2_interval": bootstrap_interval(f2), "bm25_F2": float(np.mean(bm25)),
+    return {"queries": len(f2), "mean_year_SetF2": float(np.mean([row["metrics"]["SetF2"] for row in rows])),
+            "SetF2": float(np.mean(f2)), "SetF2_interval": bootstrap_interval(f2), "bm25_SetF2": float(np.mean(bm25)),
             "gain_over_bm25": float(np.mean(f2) - np.mean(bm25)), "gain_interval": bootstrap_interval(f2, bm25)}

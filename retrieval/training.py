@@ -3,8 +3,9 @@
 A model maps query features (B, ...) and candidate article features (B, C, ...) to (B, C) relevance
 logits; article features with a leading 1 score every query against the same C articles. Training
 puts each gold article against hard negatives (mined from BM25 / dense rankings) and random ones
-with a softmax cross-entropy, and keeps the epoch with the best validation Recall@k. A non-finite loss
-or validation score stops training with a UserError (the caller's output directory is then never published).
+with a softmax cross-entropy, and keeps the epoch with the best validation R@k (recall: `valid_R@k` in the
+history, `best_valid_R@k` in the summary). A non-finite loss or validation score stops training with a
+UserError (the caller's output directory is then never published).
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def score_matrix(model: nn.Module, queries: Features, articles: Features, batch_
 
 
 def recall_at(scores: np.ndarray, gold: Sequence[Sequence[int]], k: int) -> float:
-    """Mean Recall@k of the article rankings given by `scores` (Q, A)."""
+    """Mean R@k (the share of each query's gold articles in its top k) of the rankings given by `scores` (Q, A)."""
     top = top_k(scores, k)
     hits = np.take_along_axis(gold_matrix(gold, scores.shape[1]).numpy(), top, axis=1)
     return float(recall_at_k(hits, np.array([len(g) for g in gold]), top.shape[1]).mean())
@@ -180,7 +181,7 @@ def fit(model: nn.Module, articles: Features, train: Split, valid: Split, pool: 
         scores = score_matrix(model, valid.queries, articles)
         stop_if_diverged(scores, "validation scores", epoch, config.lr)
         recall = recall_at(scores, valid.gold, config.recall_k)
-        result.history.append({"epoch": epoch, "loss": float(np.mean(losses)), f"valid_recall@{config.recall_k}": recall})
+        result.history.append({"epoch": epoch, "loss": float(np.mean(losses)), f"valid_R@{config.recall_k}": recall})
         epochs.set_postfix(loss=f"{result.history[-1]['loss']:.3f}", recall=f"{recall:.3f}")
         if recall > result.best_recall:
             result.best_epoch, result.best_recall, stale = epoch, recall, 0

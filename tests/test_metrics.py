@@ -54,7 +54,19 @@ def test_set_fbeta_is_per_query_and_empty_prediction_scores_zero():
 
 def test_summarize_names_and_averages():
     hits = np.array([[0, 1], [1, 0]], dtype=bool)
-    out = M.summarize(hits, np.array([1, 1]), ks=[1, 2], metrics=("HR", "MRR"))
-    assert out == {"HR@1": 0.5, "HR@2": 1.0, "MRR@1": 0.5, "MRR@2": 0.75}
-    with pytest.raises(ValueError):
-        M.summarize(hits, np.array([1, 1]), ks=[1], metrics=("nope",))
+    out = M.summarize(hits, np.array([1, 1]), ks=[1, 2], metrics=("Success", "RR"))
+    assert out == {"Success@1": 0.5, "Success@2": 1.0, "RR@1": 0.5, "RR@2": 0.75}
+    assert set(M.summarize(hits, np.array([1, 1]), ks=[10])) == {"Success@10", "nDCG@10", "RR@10"}
+    for unknown in ("nope", "HR"):  # the old names are gone
+        with pytest.raises(ValueError):
+            M.summarize(hits, np.array([1, 1]), ks=[1], metrics=(unknown,))
+
+
+def test_old_metric_names_are_read_as_todays():
+    old = {"HR@10": 1, "NDCG@5": 2, "MRR@10": 3, "Recall@50": 4, "MAP": 5, "P": 6, "R": 7, "F2": 8,
+           "valid_ndcg10": 9, "best_valid_ndcg10": 10, "valid_recall@5": 11, "bm25_F2": 12}
+    assert M.current_names(old) == {"Success@10": 1, "nDCG@5": 2, "RR@10": 3, "R@50": 4, "AP": 5, "SetP": 6,
+                                    "SetR": 7, "SetF2": 8, "valid_nDCG@10": 9, "best_valid_nDCG@10": 10,
+                                    "valid_R@5": 11, "bm25_SetF2": 12}
+    today = {"Success@1": 1, "R@5": 2, "P@5": 3, "nDCG@10": 4, "AP": 5, "mAP@R": 6, "SetF2": 7, "epoch": 8, "loss": 9}
+    assert M.current_names(today) == today

@@ -10,16 +10,22 @@ from indexes.records import plot_training, training_history
 from helpers import one_line_error, run
 
 SASREC = {"config": {}, "state": {"history": [
-    {"epoch": 1, "loss": 9.1, "seconds": 2.0, "valid_ndcg10": 0.10},
-    {"epoch": 2, "loss": 8.2, "seconds": 2.0, "valid_ndcg10": 0.30},
-    {"epoch": 3, "loss": 7.9, "seconds": 2.0, "valid_ndcg10": 0.25}]}}
-PARAFORMER = {"history": [{"epoch": 1, "loss": 1.0, "valid_recall@5": 0.4}, {"epoch": 2, "loss": 0.5, "valid_recall@5": 0.6}]}
+    {"epoch": 1, "loss": 9.1, "seconds": 2.0, "valid_nDCG@10": 0.10},
+    {"epoch": 2, "loss": 8.2, "seconds": 2.0, "valid_nDCG@10": 0.30},
+    {"epoch": 3, "loss": 7.9, "seconds": 2.0, "valid_nDCG@10": 0.25}]}}
+PARAFORMER = {"history": [{"epoch": 1, "loss": 1.0, "valid_R@5": 0.4}, {"epoch": 2, "loss": 0.5, "valid_R@5": 0.6}]}
+# the same records as an earlier release wrote them: read under today's names
+OLD_SASREC = {"config": {}, "state": {"history": [
+    {("valid_ndcg10" if k == "valid_nDCG@10" else k): v for k, v in row.items()} for row in SASREC["state"]["history"]]}}
+OLD_PARAFORMER = {"history": [{"epoch": 1, "loss": 1.0, "valid_recall@5": 0.4}, {"epoch": 2, "loss": 0.5, "valid_recall@5": 0.6}]}
 FOCALLENS = {"loss": [2.0, 1.5, 1.2, 1.1], "seconds": 3.0}
 
 
 @pytest.mark.parametrize("record, series, best", [
-    (SASREC, ["loss", "valid_ndcg10"], {"epoch": 2.0, "value": 0.30}),
-    (PARAFORMER, ["loss", "valid_recall@5"], {"epoch": 2.0, "value": 0.6}),
+    (SASREC, ["loss", "valid_nDCG@10"], {"epoch": 2.0, "value": 0.30}),
+    (PARAFORMER, ["loss", "valid_R@5"], {"epoch": 2.0, "value": 0.6}),
+    (OLD_SASREC, ["loss", "valid_nDCG@10"], {"epoch": 2.0, "value": 0.30}),
+    (OLD_PARAFORMER, ["loss", "valid_R@5"], {"epoch": 2.0, "value": 0.6}),
     (FOCALLENS, ["loss"], None),
 ])
 def test_each_trainers_history_is_drawn(tmp_path, record, series, best):
@@ -32,9 +38,10 @@ def test_each_trainers_history_is_drawn(tmp_path, record, series, best):
         assert image.format == "PNG" and image.width > 400 * len(series)
 
 
-def test_history_rows_keep_epoch_loss_and_validation_only(tmp_path):
-    (tmp_path / "training.json").write_text(json.dumps(SASREC))
-    assert training_history(tmp_path)[1] == {"epoch": 2.0, "loss": 8.2, "valid_ndcg10": 0.30}
+@pytest.mark.parametrize("record", [SASREC, OLD_SASREC])
+def test_history_rows_keep_epoch_loss_and_validation_only(tmp_path, record):
+    (tmp_path / "training.json").write_text(json.dumps(record))
+    assert training_history(tmp_path)[1] == {"epoch": 2.0, "loss": 8.2, "valid_nDCG@10": 0.30}
 
 
 @pytest.mark.parametrize("content, message", [
@@ -55,7 +62,7 @@ def test_cli_plots_a_trained_sasrec(tmp_path):
     (tmp_path / "m" / "training.json").write_text(json.dumps(SASREC))
     result = run("plot", "training", tmp_path / "m", "--out", tmp_path / "c.png", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["best_valid_ndcg10"]["epoch"] == 2.0 and (tmp_path / "c.png").stat().st_size > 1000
+    assert json.loads(result.stdout)["best_valid_nDCG@10"]["epoch"] == 2.0 and (tmp_path / "c.png").stat().st_size > 1000
 
 
 def test_train_config_replays_a_run_and_options_override_it(tmp_path):

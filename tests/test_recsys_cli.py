@@ -25,7 +25,7 @@ def model_dir(data_dir, tmp_path_factory):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["epochs_run"] == 2 and summary["users"] == 120 and summary["items"] == 30
-    assert {"best_epoch", "best_valid_ndcg10", "seconds_per_epoch", "peak_memory_mb", "history"} <= set(summary)
+    assert {"best_epoch", "best_valid_nDCG@10", "seconds_per_epoch", "peak_memory_mb", "history"} <= set(summary)
     return out
 
 
@@ -34,10 +34,10 @@ def test_eval_json_and_out_file(data_dir, model_dir, tmp_path):
                  "--k", "5,10", "--out", tmp_path / "r.json", "--json")
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
-    assert shown["users"] == 120 and set(shown["metrics"]) == {"HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR@5", "MRR@10"}
+    assert shown["users"] == 120 and set(shown["metrics"]) == {"Success@5", "Success@10", "nDCG@5", "nDCG@10", "RR@5", "RR@10"}
     assert json.loads((tmp_path / "r.json").read_text()) == shown
     text = run("eval", "sasrec", "--data", data_dir, "--model", model_dir)
-    assert text.exit_code == 0 and "NDCG@10" in text.output and "full ranking" in text.output
+    assert text.exit_code == 0 and "nDCG@10" in text.output and "full ranking" in text.output
 
 
 def test_index_build_and_query(data_dir, model_dir):

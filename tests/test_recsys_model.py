@@ -128,10 +128,10 @@ def test_gbce_with_t_zero_is_bce_over_the_negatives():
 
 def test_metrics_from_ranks_hand_computed():
     got = metrics_from_ranks(np.array([0, 2, 15]), ks=(1, 5))
-    assert got["HR@1"] == pytest.approx(1 / 3)
-    assert got["HR@5"] == pytest.approx(2 / 3)
-    assert got["NDCG@5"] == pytest.approx((1 + 1 / np.log2(4)) / 3)
-    assert got["MRR@5"] == pytest.approx((1 + 1 / 3) / 3)
+    assert got["Success@1"] == pytest.approx(1 / 3)
+    assert got["Success@5"] == pytest.approx(2 / 3)
+    assert got["nDCG@5"] == pytest.approx((1 + 1 / np.log2(4)) / 3)
+    assert got["RR@5"] == pytest.approx((1 + 1 / 3) / 3)
 
 
 def case_for(histories, targets, maxlen=8):
@@ -160,7 +160,7 @@ def test_sampled_negatives_avoid_everything_the_user_saw():
     draws = sample_unseen(case, slice(0, 1), N_ITEMS, np.random.default_rng(0))
     assert draws.shape == (1, 100) and set(draws.ravel()) <= {16, 17, 18, 19, 20}
     metrics = evaluate(tiny_model(), case, "sampled100", ks=(10,))
-    assert set(metrics) == {"HR@10", "NDCG@10", "MRR@10"}
+    assert set(metrics) == {"Success@10", "nDCG@10", "RR@10"}
 
 
 def test_save_load_round_trip(tmp_path):

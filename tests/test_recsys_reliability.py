@@ -93,7 +93,7 @@ def test_a_huge_learning_rate_stops_with_a_clear_error(data_dir, tmp_path):
     out = tmp_path / "m"
     result = run("train", "sasrec", "--data", data_dir, "--out", out, "--lr", "1e6", *TINY_CLI, "--epochs", "3")
     one_line_error(result, "training diverged", "--lr")
-    assert "NDCG" not in result.stdout
+    assert "nDCG" not in result.stdout
 
 
 def test_divergence_keeps_the_last_good_checkpoint(seqs, tmp_path, monkeypatch):
@@ -195,7 +195,7 @@ def test_recommend_and_evaluate_clamp_k(model_dir, seqs):
         rec.recommend(["3"], k=0)
     case = LeaveOneOut(seqs, rec.model.maxlen).case("test")
     metrics = evaluate(rec.model, case, ks=(1, 1_000_000))
-    assert metrics["HR@1000000"] == 1.0
+    assert metrics["Success@1000000"] == 1.0
 
 
 @pytest.mark.parametrize("option, value", [

@@ -2,6 +2,7 @@
 gives the same numbers as the direct scorer."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -45,9 +46,9 @@ def test_training_learns_the_chain(dataset, trained):
         p.name for p in out.iterdir()}
     model = Recommender.from_pretrained(out, device="cpu").model
     metrics = evaluate(model, LeaveOneOut(dataset[1], 10).case("test"), ks=(1, 10))
-    # the successor follows 90% of the time; chance would be HR@1 = 1/40
-    assert metrics["HR@1"] > 0.6, metrics
-    assert summary["best_valid_ndcg10"] > 0.6 and 1 <= summary["best_epoch"] <= summary["epochs_run"]
+    # the successor follows 90% of the time; chance would be Success@1 = 1/40
+    assert metrics["Success@1"] > 0.6, metrics
+    assert summary["best_valid_nDCG@10"] > 0.6 and 1 <= summary["best_epoch"] <= summary["epochs_run"]
 
 
 def test_recommend_follows_the_chain(trained):
@@ -66,19 +67,36 @@ def test_resume_continues_from_the_checkpoint(dataset, tmp_path):
     assert summary["history"][: saved["epoch"]] == saved["history"]
 
 
+def test_resume_reads_a_checkpoint_with_the_old_metric_names(dataset, trained, tmp_path):
+    """training.json of an earlier release (`valid_ndcg10`, `best_valid_ndcg10`) resumes; the run goes on
+    under today's names."""
+    shutil.copytree(trained[0], tmp_path / "m")
+    record = json.loads((tmp_path / "m" / "training.json").read_text())
+    state = record["state"]
+    best = state.pop("best_valid_nDCG@10")
+    state["best_valid_ndcg10"] = best
+    state["history"] = [{("valid_ndcg10" if k == "valid_nDCG@10" else k): v for k, v in row.items()}
+                        for row in state["history"]]
+    (tmp_path / "m" / "training.json").write_text(json.dumps(record))
+    epochs = state["epoch"] + 1
+    summary = train_sasrec(dataset[1], tmp_path / "m", TrainConfig(**dict(CONFIG, epochs=epochs)), resume=tmp_path / "m")
+    assert summary["epochs_run"] == epochs and summary["best_valid_nDCG@10"] >= best
+    assert all("valid_nDCG@10" in row and "valid_ndcg10" not in row for row in summary["history"])
+
+
 def test_early_stopping_stops_after_patience_evaluations(dataset, tmp_path, monkeypatch):
-    """Validation NDCG peaks at epoch 2, then falls: with patience 3 the run ends at epoch 5 of 40."""
+    """Validation nDCG peaks at epoch 2, then falls: with patience 3 the run ends at epoch 5 of 40."""
     scores = iter([0.3, 0.5, 0.4, 0.3, 0.2] + [0.1] * 40)
-    monkeypatch.setattr(training, "evaluate", lambda *args, **kwargs: {"NDCG@10": next(scores)})
+    monkeypatch.setattr(training, "evaluate", lambda *args, **kwargs: {"nDCG@10": next(scores)})
     summary = train_sasrec(dataset[1], tmp_path / "m", TrainConfig(**dict(CONFIG, epochs=40, patience=3)))
-    assert (summary["epochs_run"], summary["best_epoch"], summary["best_valid_ndcg10"]) == (5, 2, 0.5)
+    assert (summary["epochs_run"], summary["best_epoch"], summary["best_valid_nDCG@10"]) == (5, 2, 0.5)
 
 
 def test_bf16_training_on_cpu_learns_and_records_its_settings(dataset, tmp_path):
     config = dict(CONFIG, epochs=3, precision="bf16", weight_decay=0.05)
     summary = train_sasrec(dataset[1], tmp_path / "m", TrainConfig(**config))
     losses = [h["loss"] for h in summary["history"]]
-    assert losses[-1] < losses[0] and summary["best_valid_ndcg10"] > 0.2
+    assert losses[-1] < losses[0] and summary["best_valid_nDCG@10"] > 0.2
     saved = json.loads((tmp_path / "m" / "training.json").read_text())["config"]
     assert (saved["precision"], saved["weight_decay"], saved["decay_embeddings"]) == ("bf16", 0.05, False)
 

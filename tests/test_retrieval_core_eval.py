@@ -35,10 +35,10 @@ def test_coliee_metrics_macro_f2_by_hand():
     gold = [["1"], ["2", "3-2"]]
     selected = [["1", "2"], ["2"]]  # q1: P 1/2, R 1 -> F2 5/6; q2: P 1, R 1/2 -> F2 5/9
     m = coliee_metrics(scores, IDS, gold, selected)
-    assert m["P"] == pytest.approx(0.75) and m["R"] == pytest.approx(0.75)
-    assert m["F2"] == pytest.approx((5 / 6 + 5 / 9) / 2)  # per query, then averaged (not F2 of mean P, R)
-    assert m["Recall@1"] == pytest.approx((1 + 0.5) / 2) and m["Recall@5"] == 1.0
-    assert m["MAP"] == pytest.approx((1 + 1) / 2)
+    assert m["SetP"] == pytest.approx(0.75) and m["SetR"] == pytest.approx(0.75)
+    assert m["SetF2"] == pytest.approx((5 / 6 + 5 / 9) / 2)  # per query, then averaged (not F2 of mean P, R)
+    assert m["R@1"] == pytest.approx((1 + 0.5) / 2) and m["R@5"] == 1.0
+    assert m["AP"] == pytest.approx((1 + 1) / 2)
 
 
 def test_run_file_lines():
@@ -105,7 +105,7 @@ def test_evaluate_coliee_bm25_tunes_and_writes_run(tmp_path):
     run = tmp_path / "out.run"
     result = evaluate_coliee(None, ["R03"], "bm25", valid_years=["R02"], run=run, run_id="test")
     assert result["model"] == "bm25" and result["queries"] == 4 and 0.5 <= result["ratio"] <= 1
-    assert set(result["metrics"]) == {"F2", "P", "R", "MAP", "Recall@1", "Recall@5", "Recall@10", "Recall@20", "Recall@50"}
+    assert set(result["metrics"]) == {"SetF2", "SetP", "SetR", "AP", "R@1", "R@5", "R@10", "R@20", "R@50"}
     lines = run.read_text().splitlines()
     assert len(lines) >= 4 and all(len(line.split()) == 6 and line.split()[1] == "Q0" and line.endswith(" test") for line in lines)
     assert {line.split()[0] for line in lines} == {"R03-1-U", "R03-2-A", "R03-3-E", "R03-4-I"}
@@ -152,4 +152,4 @@ def test_eval_cli_json_and_text():
     body = json.loads(result.stdout)
     assert body["years"] == ["R02", "R03"] and body["queries"] == 8 and body["ratio"] == 0.9
     text = CliRunner().invoke(ragcli, ["eval", "coliee", "--model", "bm25"]).stdout
-    assert text.startswith("bm25 on R03 (4 queries), untuned: ratio 0.90") and "Recall@10" in text
+    assert text.startswith("bm25 on R03 (4 queries), untuned: ratio 0.90") and "R@10" in text

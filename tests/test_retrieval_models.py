@@ -110,7 +110,7 @@ def test_fit_lowers_the_loss_and_keeps_the_best_epoch(cnn_inputs):
     result = fit(model, articles, Split(queries, gold), Split(queries, gold), pool, config)
     losses = [h["loss"] for h in result.history]
     assert len(losses) == 5 and losses[-1] < losses[0] * 0.7
-    best = max(h["valid_recall@1"] for h in result.history)
+    best = max(h["valid_R@1"] for h in result.history)
     assert result.best_recall == best
     assert recall_at(score_matrix(model, queries, articles), gold, 1) == pytest.approx(best)
 

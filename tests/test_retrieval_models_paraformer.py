@@ -143,7 +143,11 @@ def test_train_cli_json_on_the_bundled_sample(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["architecture"] == "attentive-cnn" and len(summary["history"]) == 1
+    assert summary["best_valid_R@5"] == summary["history"][0]["valid_R@5"]  # recall at 5, ir_measures' name
     assert (tmp_path / "m" / "model.safetensors").is_file()
+    text = CliRunner().invoke(ragcli, ["train", "attentive-cnn", "--out", str(tmp_path / "t"), "--train-years", "R02",
+                                       "--valid-years", "R03", "--epochs", "1", "--negatives", "2"])
+    assert text.exit_code == 0 and f"valid R@5 {summary['best_valid_R@5']:.4f}" in text.output, text.output
 
 
 # ---- a coliee index holding a trained model -------------------------------------------------------

@@ -51,8 +51,8 @@ def test_forward_protocol_never_lets_a_test_year_into_tuning(monkeypatch):
     assert [r["queries"] for r in result["years"]] == [3, 2, 2]
     pooled = result["pooled"]
     assert pooled["queries"] == 7 and pooled["gain_over_bm25"] == 0.0 and pooled["gain_interval"] == (0.0, 0.0)
-    low, high = pooled["F2_interval"]
-    assert low <= pooled["F2"] <= high
+    low, high = pooled["SetF2_interval"]
+    assert low <= pooled["SetF2"] <= high
 
 
 def test_bootstrap_intervals():
@@ -71,7 +71,7 @@ def test_cli_forward_protocol_on_the_sample_and_its_errors():
     result = run("eval", "coliee", "--protocol", "forward", "--years", "R03", "--model", "bm25", "--json")
     assert result.exit_code == 0, result.output
     year = json.loads(result.stdout)["years"][0]
-    assert year["year"] == "R03" and year["tuned_on"] == ["R02"] and 0 <= year["metrics"]["F2"] <= 1
+    assert year["year"] == "R03" and year["tuned_on"] == ["R02"] and 0 <= year["metrics"]["SetF2"] <= 1
     one_line_error(run("eval", "coliee", "--protocol", "forward", "--years", "R02", "--model", "bm25"),
                    "no exam year before R02")
     one_line_error(run("eval", "coliee", "--protocol", "forward", "--years", "R03", "--valid-years", "R02"),

@@ -131,9 +131,9 @@ def test_eval_run_agrees_with_eval_coliee(tmp_path):
     scored = run("eval", "run", run_file, "--qrels", qrels, "--metrics", "SetP,SetR,SetF(beta=4.0)", "--json")
     assert scored.exit_code == 0, scored.output
     ours, theirs = json.loads(coliee.stdout)["metrics"], json.loads(scored.stdout)["measures"]
-    assert theirs["SetF(beta=4.0)"] == pytest.approx(ours["F2"], abs=1e-6)  # trec_eval's set_F beta is beta squared
-    assert theirs["SetP"] == pytest.approx(ours["P"], abs=1e-6)
-    assert theirs["SetR"] == pytest.approx(ours["R"], abs=1e-6)
+    assert theirs["SetF(beta=4.0)"] == pytest.approx(ours["SetF2"], abs=1e-6)  # trec_eval's set_F beta is beta squared
+    assert theirs["SetP"] == pytest.approx(ours["SetP"], abs=1e-6)
+    assert theirs["SetR"] == pytest.approx(ours["SetR"], abs=1e-6)
     bad = run("eval", "run", run_file, "--qrels", qrels, "--metrics", "nDCG@ten")
     assert bad.exit_code == 2 and len(bad.stderr.splitlines()) == 1
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from indexes.errors import UserError
-from vision.datasets import load_images, read_idx
+from vision.datasets import load_images, read_idx, select_columns
 
 
 def _save(path, value, size=(6, 5)):
@@ -123,3 +123,13 @@ def test_missing_empty_unknown_and_unreadable_inputs(tmp_path):
     data = load_images(tmp_path)
     with pytest.raises(UserError, match="cannot read image .*broken.png"):
         data.images[0]
+
+
+def test_select_columns_keeps_order_drops_repeats_and_names_the_unknown():
+    available = ["digit", "colour", "size"]
+    assert select_columns(available, None, "d") == available
+    assert select_columns(available, ["size", " digit", "size"], "d") == ["size", "digit"]
+    with pytest.raises(UserError, match="d has no attribute 'shape'; it has digit, colour, size"):
+        select_columns(available, ["shape"], "d")
+    with pytest.raises(UserError, match="no attributes chosen"):
+        select_columns(available, ["", " "], "d")

@@ -149,7 +149,7 @@ def test_retrieval_metrics_on_a_hand_checked_case():
     emb = np.stack([np.cos(angles), np.sin(angles)], axis=1)
     out = retrieval_metrics(emb, np.array(["a", "a", "b", "a"]), ks=(1, 2))
     # rankings: a0 -> a1 b0 a2 | a1 -> a0 b0 a2 | b0 -> a1 a2 a0 | a2 -> b0 a1 a0
-    assert out["R@1"] == pytest.approx(2 / 4)  # a0, a1 hit first; b0 has no other b; a2 misses
+    assert out["Success@1"] == pytest.approx(2 / 4)  # a0, a1 hit first; b0 has no other b; a2 misses
     assert out["P@2"] == pytest.approx((0.5 + 0.5 + 0 + 0.5) / 4)
     # mAP@R (R=2 for the a's, 0 for b0): a0 1/2, a1 1/2, b0 0, a2 (hit at rank 2: precision 1/2) / 2
     assert out["mAP@R"] == pytest.approx((0.5 + 0.5 + 0 + 0.25) / 4)
@@ -190,7 +190,7 @@ def test_cli_make_train_eval(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert set(metrics) == {"colour", "size", "mean"} and 0.0 <= metrics["mean"]["mAP@R"] <= 1.0
-    assert metrics["mean"]["R@1"] == pytest.approx((metrics["colour"]["R@1"] + metrics["size"]["R@1"]) / 2)
+    assert metrics["mean"]["Success@1"] == pytest.approx((metrics["colour"]["Success@1"] + metrics["size"]["Success@1"]) / 2)
     encoder = run("eval", "images", "--data", data, "--encoder", "timm:test_vit", "--device", "cpu", "--json")
     assert encoder.exit_code == 0, encoder.output
     assert set(json.loads(encoder.stdout)) == {*FACTORS, "mean"}

@@ -338,7 +338,7 @@ def _nan_lens(conditional=False):
 
 
 def test_nan_embeddings_are_an_error_not_a_perfect_score(bench):
-    """Every comparison with NaN is false: a NaN model used to rank every relevant image first (R@1 = 1.0)."""
+    """Every comparison with NaN is false: a NaN model used to rank every relevant image first (Success@1 = 1.0)."""
     from vision.evaluate import evaluate_focallens, retrieval_metrics
 
     labels = np.array(["a", "a", "b", "b"])

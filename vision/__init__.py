@@ -1,6 +1,8 @@
-"""Vision family: image encoders (timm / HF / own backbones), pooling heads, image datasets, FocalLens.
+"""Vision family: image encoders (timm / HF / own backbones), pooling heads, image datasets, FocalLens,
+explanations.
 
-Importing the package registers this project's backbones (VAN, EViT) in timm's model registry.
+Importing the package registers this project's backbones (VAN, EViT, MOAT, RMT, OverLoCK, DiNAT, VSA,
+DHVT, SpaRTAN, AttNet, NiNformer) in timm's model registry.
 """
 
-import vision.backbones  # noqa: F401  (registers van_* and evit_* with timm)
+import vision.backbones  # noqa: F401  (registers them with timm)

@@ -1,4 +1,4 @@
-"""Image dataset readers: a folder of images, IDX/ubyte(.gz) files (MNIST family), NPZ arrays.
+"""Image dataset readers: a folder of images, IDX/ubyte(.gz) files (MNIST family), NPZ arrays, CelebA.
 
 `load_images(path)` returns an `ImageSet`: lazily decoded PIL images, their ids (and file paths), and a
 polars DataFrame with one row per image: `id` plus label / factor columns.
@@ -148,13 +148,18 @@ class ImageSet:
 
 
 def load_images(path: str | Path, labels: str | Path | None = None) -> ImageSet:
-    """Read an image folder, an IDX images file or an NPZ archive.
+    """Read an image folder, an IDX images file, an NPZ archive or a CelebA folder (`vision.celeba`).
 
     Folder labels come from `labels` (a CSV), else a `labels.csv` inside the folder, else the sub-folder names.
     """
+    # imported here, not above: vision.celeba builds on this module
+    from vision.celeba import celeba_root, load_celeba
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"no such image folder or file: {path}")
+    if labels is None and (root := celeba_root(path)) is not None:
+        return load_celeba(root)
     if path.is_dir():
         return _load_folder(path, None if labels is None else Path(labels))
     if path.suffix == ".npz":
@@ -162,6 +167,18 @@ def load_images(path: str | Path, labels: str | Path | None = None) -> ImageSet:
     if IDX_PATTERN.search(path.name):
         return _load_idx_images(path)
     raise UserError(f"{path}: expected an image folder, an .npz file or an IDX (…idx3-ubyte[.gz]) file")
+
+
+def select_columns(available: Sequence[str], wanted: Sequence[str] | None, where: str | Path) -> list[str]:
+    """`wanted` (in its order, repeats dropped), all of them in `available`; None: all of `available`."""
+    if wanted is None:
+        return list(available)
+    chosen = list(dict.fromkeys(w.strip() for w in wanted if w.strip()))
+    if not chosen:
+        raise UserError("no attributes chosen; name at least one, e.g. --attributes Smiling")
+    if unknown := [w for w in chosen if w not in available]:
+        raise UserError(f"{where} has no attribute {unknown[0]!r}; it has {', '.join(available)}")
+    return chosen
 
 
 def _load_folder(root: Path, labels_csv: Path | None) -> ImageSet:

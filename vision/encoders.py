@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import click
 import numpy as np
@@ -46,7 +47,9 @@ class TimmBackbone(nn.Module):
 
         self.model = model
         overrides = {} if image_size is None else {"input_size": (3, image_size, image_size)}
-        self.transform = create_transform(**resolve_data_config(overrides, model=model))
+        config = resolve_data_config(overrides, model=model)
+        self.transform = create_transform(**config)
+        self.crop_pct = float(config.get("crop_pct") or 1.0)  # the centre share of the image the model sees
         self.num_prefix_tokens = getattr(model, "num_prefix_tokens", 0)
         self.token_dim = model.num_features
         self.pooled_dim = getattr(model, "head_hidden_size", None) or model.num_features
@@ -223,6 +226,38 @@ def parse_spec(spec: str) -> tuple[str, str]:
         return "timm", spec
     raise UserError(f"unknown encoder {spec!r}: use timm:<model>, hf:<path-or-id>, a saved encoder "
                     "directory, or a registered model name (e.g. van_b0)")
+
+
+def list_encoders(pattern: str | None = None) -> list[dict[str, Any]]:
+    """The timm models ragcli builds encoders from, as `timm.list_models(pattern)` lists them (this project's
+    backbones and timm's own): each one's name, source ("ragcli" or "timm"), and whether its pretrained weights
+    are on this machine already (`local_weights`; nothing is fetched to find out)."""
+    import timm
+    from timm.models import get_pretrained_cfg, model_entrypoint
+
+    def source(name: str) -> str:
+        return "ragcli" if model_entrypoint(name).__module__.startswith("vision.backbones.") else "timm"
+
+    return [{"name": name, "source": source(name), "local_weights": _has_local_weights(get_pretrained_cfg(name))}
+            for name in timm.list_models(pattern or "")]
+
+
+def _has_local_weights(cfg: Any) -> bool:
+    """Whether a timm pretrained config's weights are on disk: its `file`, or a download of its hub id (Hugging
+    Face cache) or url (torch hub cache, where timm keeps them). Our backbones configure none of these."""
+    if cfg is None:
+        return False
+    if cfg.file:
+        return Path(cfg.file).exists()
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        if any(isinstance(try_to_load_from_cache(repo, name, revision=revision or None), str) for name in names):
+            return True
+    cached_url = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url or "").path).name
+    return bool(cfg.url) and cached_url.is_file()
 
 
 def is_saved_encoder(path: str | Path) -> bool:

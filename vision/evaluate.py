@@ -1,8 +1,9 @@
 """Conditional image retrieval metrics: every image queries all the others; under a condition, an image
 is relevant when it shares the value of the conditioned factor (e.g. the same colour).
 
-Recall@K follows the metric-learning convention (Musgrave et al., 2020): 1 when a relevant image is in
-the top K. mAP@R is AP within the top R, R = the number of relevant images.
+Success@K is 1 when a relevant image is in the top K (what metric-learning papers, after Musgrave et al.,
+2020, call Recall@K; ir_measures' and ragcli's R@K is the share of the relevant images found). P@K is
+precision in the top K; mAP@R is AP within the top R, R = the number of relevant images.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def ranked_hits(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray,
 
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Mean Recall@K, Precision@K and mAP@R over all images as queries."""
+    """Mean Success@K, P@K and mAP@R over all images as queries."""
     if len(embeddings) != len(labels):
         raise UserError(f"{len(embeddings)} embeddings but {len(labels)} labels")
     if len(labels) < 2:
@@ -40,7 +41,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
     metrics.require_finite(embeddings, "the image embeddings")  # NaN similarities would rank every image first
     hits, n_relevant = ranked_hits(embeddings, labels)
     ks = [k for k in ks if k <= hits.shape[1]]
-    out = {f"R@{k}": float(metrics.hit_rate_at_k(hits, k).mean()) for k in ks}
+    out = {f"Success@{k}": float(metrics.hit_rate_at_k(hits, k).mean()) for k in ks}
     out |= {f"P@{k}": float(metrics.precision_at_k(hits, k).mean()) for k in ks}
     out["mAP@R"] = float(metrics.map_at_r(hits, n_relevant).mean())
     return out

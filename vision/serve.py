@@ -124,12 +124,38 @@ class ImageEngine(Engine):
         """The pixels of an indexed image, from the file or archive row its payload names."""
         return _hit_image(Hit(item_id, 0.0, self.index.payloads([item_id])[0]))
 
-    def contact_sheet(self, query: Any, hits: list[Hit], path: Path) -> None:
-        """Write a PNG of the query image then its neighbours, captioned with id and score."""
+    def explanation(self, query: Any, item_id: Any, size: int = 256) -> Image.Image:
+        """The query and the indexed image `item_id` side by side, each under the heat map of what makes it
+        similar to the other (`vision.explain`): what `POST /indexes/{name}/explain` returns."""
+        from indexes.runtime import resolve_device
+        from vision.explain import explain_pair, model_view, overlay
+
+        image, neighbour = self.image_of(self.as_query(query)), self.item_image(item_id)
+        maps = explain_pair(self.encoder, image, neighbour, self.condition, resolve_device(self.device))
+        panels = [overlay(model_view(self.encoder, picture), heat, size) for picture, heat in zip((image, neighbour), maps)]
+        canvas = Image.new("RGB", (2 * size, size))
+        for i, panel in enumerate(panels):
+            canvas.paste(panel, (i * size, 0))
+        return canvas
+
+    def contact_sheet(self, query: Any, hits: list[Hit], path: Path, explain: bool = False) -> None:
+        """Write a PNG of the query image then its neighbours, captioned with id and score. With `explain`,
+        each neighbour carries the heat map of what makes it similar to the query, and a second row shows
+        the query under each neighbour's map (`vision.explain`)."""
         image = self.image_of(self.as_query(query))
-        neighbours = [(_hit_image(hit), str(hit.id), hit.score) for hit in hits]
+        pictures = [_hit_image(hit) for hit in hits]
+        views = None
+        if explain:
+            from indexes.runtime import progress, resolve_device
+            from vision.explain import explain_pair, model_view, overlay
+
+            maps = [explain_pair(self.encoder, image, picture, self.condition, resolve_device(self.device))
+                    for picture in progress(pictures, desc="explaining", unit="img")]
+            pictures = [overlay(model_view(self.encoder, picture), heat) for picture, (_, heat) in zip(pictures, maps)]
+            views = [overlay(model_view(self.encoder, image), heat) for heat, _ in maps]
+        neighbours = [(picture, str(hit.id), hit.score) for picture, hit in zip(pictures, hits)]
         title = self.condition or (Path(query).name if isinstance(query, (str, Path)) else "query")
-        write_contact_sheet(path, image, neighbours, title=title)
+        write_contact_sheet(path, image, neighbours, title=title, query_views=views)
 
 
 def _payload(corpus: ImageSet, source: Path) -> pl.DataFrame:

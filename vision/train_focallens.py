@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -145,14 +146,16 @@ def save_model(model: FocalLens, out: str | Path, overwrite: bool = False) -> Pa
 
 def train_from_data(data: str | Path, out: str | Path, unconditional: bool = False, epochs: int = 16,
                     batch_size: int = 64, lr: float = 2e-3, image_size: int = 32, text_encoder: str | None = None,
-                    device: str = "auto", seed: int = 0, overwrite: bool = False, **vit: int) -> dict:
+                    device: str = "auto", seed: int = 0, overwrite: bool = False,
+                    attributes: Sequence[str] | None = None, **vit: int) -> dict:
     """Train FocalLens (or the unconditional baseline) on `data`'s train split and save it to `out`
     (replacing a model ragcli wrote there only with `overwrite`).
 
+    `attributes`: the factors to train on (e.g. CelebA's Smiling, Eyeglasses); None: all of them.
     `vit`: patch_size, embed_dim, depth, num_heads of the ViT."""
     if launch_rank() == 0:
         check_output(out, overwrite, "model directory")
-    train = load_split(data, "train", image_size, seed)
+    train = load_split(data, "train", image_size, seed, attributes)
     text_encoder = text_encoder or DEFAULT_TEXT_ENCODER
     text_dim = text_tower(text_encoder).dim
     seed_everything(seed)  # the initial weights too

@@ -14,11 +14,16 @@ from collections.abc import Sequence
 import torch
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import Attention
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
+from timm.models import generate_default_cfgs, register_model
+from timm.models.vision_transformer import (
+    Block,
+    VisionTransformer,
+    checkpoint_filter_fn,
+)
 from torch import nn
 
 from indexes.errors import UserError
+from vision.backbones._common import build, image_cfg
 
 
 def default_reorg_layers(depth: int) -> tuple[int, ...]:
@@ -104,25 +109,21 @@ class EViT(VisionTransformer):
         apply_evit(self, keep_rate, reorg_layers)
 
 
-def _cfg(**kwargs) -> dict:
-    return {"num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 0.9,
-            "interpolation": "bicubic", "mean": IMAGENET_INCEPTION_MEAN, "std": IMAGENET_INCEPTION_STD,
-            "first_conv": "patch_embed.proj", "classifier": "head", "fixed_input_size": True, **kwargs}
-
-
-default_cfgs = generate_default_cfgs({f"evit_{size}_patch16_224.untrained": _cfg()
-                                      for size in ("tiny", "small", "base")})
+default_cfgs = generate_default_cfgs({
+    f"evit_{size}_patch16_224.untrained": image_cfg("patch_embed.proj", "head", pool_size=None, crop_pct=0.9,
+                                                    mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD,
+                                                    fixed_input_size=True)
+    for size in ("tiny", "small", "base")})
 
 _VARIANTS = {
-    "evit_tiny_patch16_224": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
-    "evit_small_patch16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
-    "evit_base_patch16_224": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "evit_tiny_patch16_224": {"patch_size": 16, "embed_dim": 192, "depth": 12, "num_heads": 3},
+    "evit_small_patch16_224": {"patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6},
+    "evit_base_patch16_224": {"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12},
 }
 
 
 def _create_evit(variant: str, pretrained: bool = False, **kwargs) -> EViT:
-    return build_model_with_cfg(EViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                **{**_VARIANTS[variant], **kwargs})
+    return build(EViT, variant, pretrained, {**_VARIANTS[variant], **kwargs}, checkpoint_filter_fn, feature_cfg=None)
 
 
 @register_model

@@ -2,18 +2,31 @@
 
 Its attention is large-kernel attention (LKA): a depth-wise conv, a dilated depth-wise conv and a
 point-wise conv give a map that multiplies the input, so a 21x21 receptive field costs three small
-convs. Registered in timm (`timm.create_model("van_b0")`) with pretrained configs for its data config.
+convs. Registered in timm (`timm.create_model("van_b0")`) with pretrained configs for its data config;
+`checkpoint_filter_fn` loads the official checkpoints (Visual-Attention-Network/VAN-Classification).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, LayerNorm2d, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
+
+from vision.backbones._common import (
+    HeadModel,
+    build,
+    drop_absent_classifier,
+    drop_path_rates,
+    image_cfg,
+    init_fan_out,
+    stage_feature_info,
+    unwrap_checkpoint,
+)
 
 
 class LargeKernelAttention(nn.Module):
@@ -80,20 +93,20 @@ class VANBlock(nn.Module):
 class VANStage(nn.Module):
     """Overlapping strided-conv patch embedding, then blocks, then a channel LayerNorm."""
 
-    def __init__(self, in_dim: int, dim: int, depth: int, mlp_ratio: float, stride: int,
-                 drop: float, drop_paths: Sequence[float]) -> None:
+    def __init__(self, in_dim: int, dim: int, mlp_ratio: float, stride: int, drop: float,
+                 drop_paths: Sequence[float]) -> None:
         super().__init__()
         kernel = 7 if stride == 4 else 3
         self.downsample = nn.Sequential(
             nn.Conv2d(in_dim, dim, kernel, stride=stride, padding=kernel // 2), nn.BatchNorm2d(dim))
-        self.blocks = nn.Sequential(*(VANBlock(dim, mlp_ratio, drop, dp) for dp in drop_paths[:depth]))
+        self.blocks = nn.Sequential(*(VANBlock(dim, mlp_ratio, drop, dp) for dp in drop_paths))
         self.norm = LayerNorm2d(dim, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.blocks(self.downsample(x)))
 
 
-class VAN(nn.Module):
+class VAN(HeadModel):
     """Four VAN stages (strides 4, 2, 2, 2) and an average-pool classifier head, timm-style API."""
 
     def __init__(self, embed_dims: Sequence[int] = (32, 64, 160, 256), depths: Sequence[int] = (3, 3, 5, 2),
@@ -102,64 +115,64 @@ class VAN(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = embed_dims[-1]
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        starts = [sum(depths[:i]) for i in range(len(depths))]
         dims_in = [in_chans, *embed_dims[:-1]]
         self.stages = nn.Sequential(*(
-            VANStage(dims_in[i], embed_dims[i], depths[i], mlp_ratios[i], 4 if i == 0 else 2, drop_rate,
-                     rates[starts[i]:])
-            for i in range(len(depths))))
-        self.feature_info = [dict(num_chs=d, reduction=4 * 2 ** i, module=f"stages.{i}")
-                             for i, d in enumerate(embed_dims)]
+            VANStage(dims_in[i], embed_dims[i], mlp_ratios[i], 4 if i == 0 else 2, drop_rate, rates)
+            for i, rates in enumerate(drop_path_rates(drop_path_rate, depths))))
+        self.feature_info = stage_feature_info(embed_dims)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv2d):
-            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
-            nn.init.normal_(module.weight, 0.0, (2.0 / fan_out) ** 0.5)
-            nn.init.zeros_(module.bias)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
+        self.apply(init_fan_out)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def _cfg(**kwargs) -> dict:
-    return {"num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.9,
-            "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-            "first_conv": "stages.0.downsample.0", "classifier": "head.fc", **kwargs}
+# The official layout (VAN-Classification, models/van.py), stages numbered from 1: patch_embed{i}.proj / .norm,
+# block{i}.{j} (LKA as attn.spatial_gating_unit, the MLP's depth-wise conv as mlp.dwconv.dwconv, layer scales
+# as (C,) vectors), norm{i}, and a linear head.
+_OFFICIAL_KEY = re.compile(r"(patch_embed|block|norm)(\d+)\.(.+)")
+_OFFICIAL_EMBED = {"proj": "0", "norm": "1"}
 
 
-default_cfgs = generate_default_cfgs({f"van_b{i}.untrained": _cfg() for i in range(4)})
+def _official_key(key: str) -> str:
+    """One key of the official layout -> ours (ours, and keys neither knows, come back unchanged)."""
+    match = _OFFICIAL_KEY.fullmatch(key)
+    if match is None:
+        return f"head.fc.{key[len('head.'):]}" if key.startswith("head.") and not key.startswith("head.fc.") else key
+    part, stage, rest = match[1], int(match[2]) - 1, match[3]
+    if part == "patch_embed":
+        module, _, leaf = rest.partition(".")
+        return f"stages.{stage}.downsample.{_OFFICIAL_EMBED.get(module, module)}.{leaf}"
+    if part == "block":
+        rest = rest.replace(".attn.spatial_gating_unit.", ".attn.lka.").replace(".mlp.dwconv.dwconv.", ".mlp.dwconv.")
+        return f"stages.{stage}.blocks.{rest}"
+    return f"stages.{stage}.norm.{rest}"
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: VAN) -> dict[str, torch.Tensor]:
+    """The official VAN checkpoints ({"state_dict": ...}) or our own layout -> this model's; the official
+    (C,) layer scales become (C, 1, 1); a classifier the model lacks is dropped. Unknown keys are kept, so that
+    strict loading names them."""
+    out = {}
+    for key, value in unwrap_checkpoint(state_dict).items():
+        key = _official_key(key)
+        out[key] = value.reshape(-1, 1, 1) if key.endswith((".layer_scale_1", ".layer_scale_2")) else value
+    return drop_absent_classifier(out, model)
+
+
+default_cfgs = generate_default_cfgs({f"van_b{i}.untrained": image_cfg("stages.0.downsample.0", crop_pct=0.9)
+                                      for i in range(4)})
 
 _VARIANTS = {
-    "van_b0": dict(embed_dims=(32, 64, 160, 256), depths=(3, 3, 5, 2)),
-    "van_b1": dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 4, 2)),
-    "van_b2": dict(embed_dims=(64, 128, 320, 512), depths=(3, 3, 12, 3)),
-    "van_b3": dict(embed_dims=(64, 128, 320, 512), depths=(3, 5, 27, 3)),
+    "van_b0": {"embed_dims": (32, 64, 160, 256), "depths": (3, 3, 5, 2)},
+    "van_b1": {"embed_dims": (64, 128, 320, 512), "depths": (2, 2, 4, 2)},
+    "van_b2": {"embed_dims": (64, 128, 320, 512), "depths": (3, 3, 12, 3)},
+    "van_b3": {"embed_dims": (64, 128, 320, 512), "depths": (3, 5, 27, 3)},
 }
 
 
 def _create_van(variant: str, pretrained: bool = False, **kwargs) -> VAN:
-    args = {**_VARIANTS[variant], **kwargs}
-    return build_model_with_cfg(VAN, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True), **args)
+    return build(VAN, variant, pretrained, {**_VARIANTS[variant], **kwargs}, checkpoint_filter_fn)
 
 
 @register_model
