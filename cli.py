@@ -462,6 +462,8 @@ def data_stats_command(path: str, fmt: str, as_json: bool) -> None:
 @click.option("--valid-years", help="Tune the set-selection ratio (and hybrid weights) on these years.")
 @click.option("--encoder", help="Sentence encoder of dense/hybrid: local path or hub id. Default: all-MiniLM-L6-v2.")
 @click.option("--rerank", type=click.Path(path_type=Path), help="hybrid: also fuse this trained model's scores.")
+@click.option("--fusion", type=click.Choice(["wsum", "rrf"]), default="wsum", show_default=True,
+              help="hybrid: weighted sum of normalised scores (weights tuned) or reciprocal-rank fusion (ranx).")
 @click.option("--run", type=click.Path(path_type=Path), help="Write a COLIEE/TREC run file: QID Q0 ARTICLE RANK SCORE RUNID.")
 @click.option("--run-id", help="RUNID column of the run file. Default: the model name.")
 @click.option("--save-hybrid", type=click.Path(path_type=Path),
@@ -490,7 +492,7 @@ def eval_coliee(years: str, valid_years: str | None, protocol: str, tune_years: 
         if ignored:
             raise UserError(f"--protocol forward chooses its own tuning years; drop {', '.join(ignored)}")
         result = forward_evaluate(options["data_dir"], parse_years(years), options["model"], tune_years,
-                                  options["encoder"], options["device"], finetune_epochs)
+                                  options["encoder"], options["device"], finetune_epochs, fusion=options["fusion"])
         emit(result, as_json, _format_forward)
         return
     from retrieval.evaluate import evaluate_coliee
@@ -689,6 +691,8 @@ def data_make_conditional(out: Path, overwrite: bool, as_json: bool, **options: 
 @click.option("--attributes", callback=lambda _ctx, _param, value: None if value is None else value.split(","),
               help="Factors to train on, comma-separated (CelebA: Smiling,Eyeglasses). Default: all.")
 @click.option("--unconditional", is_flag=True, help="Train the unconditional baseline (same network and loop, no instruction).")
+@click.option("--tower", type=click.Choice(["cnn", "vit"]), default="cnn", show_default=True,
+              help="Image tower: a small ResNet-style CNN conditioned by FiLM, or a ViT with condition tokens (--patch-size/--embed-dim/--depth/--heads shape the ViT).")
 @click.option("--epochs", type=click.IntRange(1, MAX_IMAGE_EPOCHS), default=16, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2, MAX_BATCH_SIZE), default=64, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)

@@ -21,7 +21,7 @@ from retrieval.base import Retriever, checked_scores, ranked_ids
 from retrieval.bm25 import BM25Retriever
 from retrieval.coliee import Article, Query, load_coliee
 from retrieval.dense import DenseRetriever
-from retrieval.fusion import HybridRetriever, fuse, tune_weights
+from retrieval.fusion import HybridRetriever, tune_weights
 from retrieval.selection import DEFAULT_RATIO, select, tune_ratio
 
 RECALL_KS = (1, 5, 10, 20, 50)
@@ -59,15 +59,16 @@ def write_coliee_qrels(data_dir: Path | None, years: Sequence[str], out: Path, t
 
 
 def make_retriever(model: str, articles: Sequence[Article], encoder: str | None = None,
-                   rerank: Path | None = None, device: str = "auto") -> Retriever:
-    """bm25 | dense | hybrid (BM25 + dense, + the `rerank` model's scores) | a trained model directory."""
+                   rerank: Path | None = None, device: str = "auto", fusion: str = "wsum") -> Retriever:
+    """bm25 | dense | hybrid (BM25 + dense, + the `rerank` model's scores, fused by `fusion`) | a trained
+    model directory."""
     texts, ids = [a.search_text for a in articles], [a.id for a in articles]
     device = resolve_device(device)
     if model == "hybrid":
         parts = [_builtin(name, texts, ids, encoder, device) for name in ("bm25", "dense")]
-        return HybridRetriever(parts + ([_trained(rerank, articles, device)] if rerank else []))
-    if rerank:
-        raise UserError("--rerank only applies to --model hybrid")
+        return HybridRetriever(parts + ([_trained(rerank, articles, device)] if rerank else []), fusion=fusion)
+    if rerank or fusion != "wsum":
+        raise UserError("--rerank and --fusion apply to --model hybrid")
     if model in BUILTIN_MODELS:
         return _builtin(model, texts, ids, encoder, device)
     return _trained(Path(model), articles, device)
@@ -93,14 +94,15 @@ def tune_on(retriever: Retriever, queries: Sequence[Query]) -> float:
     if not isinstance(retriever, HybridRetriever):
         return tune_ratio(checked_scores(retriever, texts), ids, gold)[0]
     matrices = retriever.matrices(texts)
-    retriever.weights, _ = tune_weights(matrices, lambda fused: tune_ratio(fused, ids, gold)[1])
-    return tune_ratio(fuse(matrices, retriever.weights), ids, gold)[0]
+    if retriever.fusion == "wsum":  # rank fusion has no weights to tune
+        retriever.weights, _ = tune_weights(matrices, lambda fused: tune_ratio(fused, ids, gold)[1])
+    return tune_ratio(retriever.combine(matrices), ids, gold)[0]
 
 
 def evaluate_coliee(data_dir: Path | None, years: Sequence[str], model: str = "hybrid",
                     valid_years: Sequence[str] = (), encoder: str | None = None, rerank: Path | None = None,
                     device: str = "auto", run: Path | None = None, run_id: str | None = None,
-                    save_hybrid: Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+                    save_hybrid: Path | None = None, overwrite: bool = False, fusion: str = "wsum") -> dict[str, Any]:
     """Score the queries of `years`, tuning on `valid_years` if given (else the 0.9 ratio and equal
     weights); optionally write the run file, and save the (tuned) hybrid's recipe for
     `index build --hybrid`. Returns the settings and the metrics."""
@@ -114,7 +116,7 @@ def evaluate_coliee(data_dir: Path | None, years: Sequence[str], model: str = "h
     data = load_coliee(data_dir)
     test = data.queries(years)
     valid = data.queries(valid_years) if valid_years else []
-    retriever = make_retriever(model, data.articles, encoder, rerank, device)
+    retriever = make_retriever(model, data.articles, encoder, rerank, device, fusion)
     ratio = tune_on(retriever, valid) if valid else DEFAULT_RATIO
     if save_hybrid is not None:
         retriever.ratio = ratio
@@ -127,8 +129,9 @@ def evaluate_coliee(data_dir: Path | None, years: Sequence[str], model: str = "h
         atomic_write_text(run, "\n".join(lines) + "\n")
     return {
         "model": retriever.name, "years": list(years), "valid_years": list(valid_years), "queries": len(test),
-        "ratio": ratio, **({"weights": retriever.named_weights()} if isinstance(retriever, HybridRetriever) else {}),
+        "ratio": ratio, **(retriever.settings() if isinstance(retriever, HybridRetriever) else {}),
         "metrics": coliee_metrics(scores, retriever.article_ids, [q.gold for q in test], selected),
         **({"run": str(run)} if run is not None else {}),
         **({"hybrid": str(save_hybrid)} if save_hybrid is not None else {}),
     }
+

@@ -1,6 +1,7 @@
-"""Hybrid retrieval: a weighted sum of per-query normalised score matrices from any `Retriever`s
-(BM25, dense, a trained neural model), with the weights and the set-selection ratio tuned on
-validation years and saved as a small recipe (`HybridConfig`) that an index serves."""
+"""Hybrid retrieval: the score matrices of any `Retriever`s (BM25, dense, a trained neural model) fused
+by a weighted sum of per-query normalised scores (`wsum`, weights tuned on validation years) or by
+reciprocal-rank fusion (`rrf`, Cormack et al. 2009, through ranx: no weights, only ranks), with the
+set-selection ratio tuned on validation years, saved as a small recipe (`HybridConfig`) an index serves."""
 
 from __future__ import annotations
 
@@ -36,6 +37,26 @@ def fuse(matrices: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray
     return sum(w * normalize(m) for w, m in zip(weights, matrices))
 
 
+FUSIONS = ("wsum", "rrf")
+RRF_K = 60  # the constant of Cormack et al. and ranx's default
+
+
+def reciprocal_rank_fusion(matrices: Sequence[np.ndarray], k: int = RRF_K) -> np.ndarray:
+    """sum_i 1 / (k + rank_i) of every article under each retriever's ranking (ranx's `rrf`), as a
+    (queries, articles) matrix."""
+    from ranx import Run
+    from ranx import fuse as ranx_fuse
+
+    n_queries, n_articles = matrices[0].shape
+    runs = [Run.from_dict({str(q): {str(a): float(s) for a, s in enumerate(row)} for q, row in enumerate(m)})
+            for m in matrices]
+    fused = ranx_fuse(runs=runs, method="rrf", params={"k": k}).to_dict()
+    out = np.zeros((n_queries, n_articles), dtype=np.float32)
+    for query, scores in fused.items():
+        out[int(query), [int(a) for a in scores]] = list(scores.values())
+    return out
+
+
 def weight_grid(n: int, step: float = 0.05) -> np.ndarray:
     """Every weight vector of length n with entries on a `step` grid summing to 1: (n_vectors, n)."""
     units = round(1 / step)
@@ -62,6 +83,7 @@ class HybridConfig:
     retrievers: tuple[str, ...]
     weights: tuple[float, ...]
     ratio: float = DEFAULT_RATIO
+    fusion: str = "wsum"
 
     @classmethod
     def equal(cls, names: Sequence[str]) -> HybridConfig:
@@ -77,6 +99,7 @@ class HybridConfig:
         if sum(weights) <= 0:
             raise UserError("a hybrid's weights cannot all be 0")
         checks.number("selection ratio", self.ratio, 0, 1)
+        checks.choice("fusion", self.fusion, FUSIONS)
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -88,17 +111,18 @@ class HybridConfig:
         if not isinstance(config, dict) or config.get("architecture") != "hybrid" \
                 or not all(isinstance(config.get(k), list) for k in ("retrievers", "weights")):
             raise UserError(f"{path} is not a saved hybrid (config.json with architecture 'hybrid')")
-        return cls(tuple(config["retrievers"]), tuple(config["weights"]), config.get("ratio", DEFAULT_RATIO))
+        return cls(tuple(config["retrievers"]), tuple(config["weights"]), config.get("ratio", DEFAULT_RATIO),
+                   config.get("fusion", "wsum"))
 
 
 class HybridRetriever:
-    """Fuses its retrievers' scores with fixed weights (equal unless given); `ratio` is the set-selection
-    ratio that goes with them."""
+    """Fuses its retrievers' scores with fixed weights (equal unless given), or by their ranks alone
+    (`fusion="rrf"`); `ratio` is the set-selection ratio that goes with them."""
 
     name = "hybrid"
 
     def __init__(self, retrievers: Sequence[Retriever], weights: Sequence[float] | None = None,
-                 ratio: float = DEFAULT_RATIO):
+                 ratio: float = DEFAULT_RATIO, fusion: str = "wsum"):
         if not retrievers:
             raise UserError("a hybrid retriever needs at least one retriever")
         ids = retrievers[0].article_ids
@@ -108,10 +132,12 @@ class HybridRetriever:
         self.article_ids = list(ids)
         self.weights = np.full(len(retrievers), 1 / len(retrievers)) if weights is None else np.asarray(weights, dtype=np.float64)
         self.ratio = ratio
+        self.fusion = checks.choice("fusion", fusion, FUSIONS)
 
     @property
     def config(self) -> HybridConfig:
-        return HybridConfig(tuple(r.name for r in self.retrievers), tuple(float(w) for w in self.weights), self.ratio)
+        return HybridConfig(tuple(r.name for r in self.retrievers), tuple(float(w) for w in self.weights), self.ratio,
+                            self.fusion)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write the recipe (names, weights, ratio); the retrievers are stored by whoever owns them."""
@@ -125,7 +151,11 @@ class HybridRetriever:
         if missing:
             raise UserError(f"{path}: the hybrid fuses {', '.join(missing)}, which this corpus does not have "
                             f"(it has {', '.join(retrievers)})")
-        return cls([retrievers[n] for n in config.retrievers], config.weights, config.ratio)
+        return cls([retrievers[n] for n in config.retrievers], config.weights, config.ratio, config.fusion)
+
+    def settings(self) -> dict[str, object]:
+        """How it fuses, for reports: the method, and the weights by retriever where it has any."""
+        return {"fusion": self.fusion, **({"weights": self.named_weights()} if self.fusion == "wsum" else {})}
 
     def named_weights(self) -> dict[str, float]:
         """Each fused retriever's weight, by its name."""
@@ -135,5 +165,9 @@ class HybridRetriever:
         """Each retriever's raw scores, all finite (for tuning the weights once, then fusing many times)."""
         return [checked_scores(r, queries) for r in self.retrievers]
 
+    def combine(self, matrices: Sequence[np.ndarray]) -> np.ndarray:
+        """The fused scores of the retrievers' `matrices`."""
+        return reciprocal_rank_fusion(matrices) if self.fusion == "rrf" else fuse(matrices, self.weights)
+
     def scores(self, queries: Sequence[str]) -> np.ndarray:
-        return fuse(self.matrices(queries), self.weights)
+        return self.combine(self.matrices(queries))

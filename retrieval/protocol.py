@@ -43,15 +43,15 @@ def score_year(retriever: Retriever, tune: Sequence[Query], test: Sequence[Query
     scores = checked_scores(retriever, [q.text for q in test])
     selected = select(scores, retriever.article_ids, ratio)
     gold = [q.gold for q in test]
-    return {"ratio": ratio,
-            **({"weights": retriever.named_weights()} if isinstance(retriever, HybridRetriever) else {}),
+    return {"ratio": ratio, **(retriever.settings() if isinstance(retriever, HybridRetriever) else {}),
             "metrics": coliee_metrics(scores, retriever.article_ids, gold, selected),
             "f2": set_precision_recall_fbeta(selected, gold, beta=2.0)[2].tolist()}
 
 
 def forward_evaluate(data_dir: Path | None, years: Sequence[str], model: str = "hybrid",
                      tune_years: int = DEFAULT_TUNE_YEARS, encoder: str | None = None, device: str = "auto",
-                     finetune_epochs: int = 0, seed: int = 0, data: Coliee | None = None) -> dict[str, Any]:
+                     finetune_epochs: int = 0, seed: int = 0, data: Coliee | None = None,
+                     fusion: str = "wsum") -> dict[str, Any]:
     """Score each of `years` under the forward protocol, with `model` (bm25 | dense | hybrid) and BM25
     beside it; per year and pooled: macro F2 (`SetF2`) with a 95% bootstrap interval, and the paired interval of
     the difference to BM25. With `finetune_epochs`, each test year gets its own encoder, fine-tuned on
@@ -63,7 +63,7 @@ def forward_evaluate(data_dir: Path | None, years: Sequence[str], model: str = "
     if model not in ("bm25", "dense", "hybrid") or (finetune_epochs and model == "bm25"):
         raise UserError(f"--protocol forward scores bm25, dense or hybrid (fine-tuning: dense or hybrid), got {model!r}")
     baseline = make_retriever("bm25", data.articles)
-    fixed = None if finetune_epochs else make_retriever(model, data.articles, encoder, device=device)
+    fixed = None if finetune_epochs else make_retriever(model, data.articles, encoder, device=device, fusion=fusion)
     rows = []
     for year in years:
         tune = tuning_years(data.years, year, tune_years)
@@ -72,12 +72,14 @@ def forward_evaluate(data_dir: Path | None, years: Sequence[str], model: str = "
             if finetune_epochs:
                 trained_on = data.years[: data.years.index(tune[0])]
                 system = make_retriever(model, data.articles, _finetuned(data, trained_on, Path(scratch), encoder,
-                                                                         finetune_epochs, device, seed), device=device)
+                                                                         finetune_epochs, device, seed),
+                                        device=device, fusion=fusion)
             tune_queries, test = data.queries(tune), data.queries([year])
             ours, bm25 = score_year(system, tune_queries, test), score_year(baseline, tune_queries, test)
         rows.append({"year": year, "tuned_on": tune, **({"trained_on": trained_on} if finetune_epochs else {}),
                      "queries": len(test), **ours, "bm25_SetF2": bm25["metrics"]["SetF2"], "bm25_f2": bm25["f2"]})
-    name = system.name + (f" (encoder fine-tuned {finetune_epochs} epochs per year)" if finetune_epochs else "")
+    name = system.name + (" (rrf)" if fusion == "rrf" else "") + (
+        f" (encoder fine-tuned {finetune_epochs} epochs per year)" if finetune_epochs else "")
     return {"model": name, "protocol": "forward", "tune_years": tune_years,
             "years": [_summary(row) for row in rows], "pooled": _pooled(rows)}
 

@@ -32,7 +32,7 @@ FOCALLENS = PRINT_ON_RANK_0 + """
 from vision.train_focallens import train_from_data
 show(json.dumps(train_from_data("{data}", sys.argv[1], epochs=2, batch_size=16, image_size=16, patch_size=8,
                                 embed_dim=16, depth=1, num_heads=2, text_encoder="{encoder}", device="cpu",
-                                conv_stem=False)))
+                                tower="vit", conv_stem=False)))
 """
 
 
@@ -101,7 +101,7 @@ def test_focallens_two_processes_gather_the_batch_for_its_contrastive_loss(tmp_p
     from helpers import run
 
     assert run("data", "make-conditional", "--out", tmp_path / "data", "--n", 80, "--size", 16).exit_code == 0
-    script = tmp_path / "train_focallens.py"  # the patch stem without BatchNorm: on the CPU each rank would
+    script = tmp_path / "train_focallens.py"  # the ViT tower without BatchNorm: on the CPU each rank would
     script.write_text(FOCALLENS.format(data=tmp_path / "data", encoder=tiny_encoder), encoding="utf-8")  # normalise alone
     losses = [_train_both(script, tmp_path, "loss")]
     assert losses[0][1] == pytest.approx(losses[0][0], rel=1e-4)

@@ -14,7 +14,7 @@ from retrieval.base import Retriever, ranked_ids, top_k
 from retrieval.bm25 import BM25Retriever
 from retrieval.coliee import Query
 from retrieval.evaluate import coliee_metrics, evaluate_coliee, make_retriever, run_lines
-from retrieval.fusion import HybridRetriever, fuse, normalize, tune_weights, weight_grid
+from retrieval.fusion import HybridConfig, HybridRetriever, fuse, normalize, reciprocal_rank_fusion, tune_weights, weight_grid
 from retrieval.selection import select, tune_ratio
 
 IDS = ["1", "2", "3-2"]
@@ -88,6 +88,22 @@ def test_tune_weights_and_hybrid_retriever():
         HybridRetriever([a, Fixed("c", {}, ids=["1", "2", "3"])])
 
 
+def test_reciprocal_rank_fusion_uses_ranks_only_and_is_saved_with_the_recipe(tmp_path):
+    a = Fixed("a", {"q": [9.0, 1.0, 5.0]})  # ranks 1, 3, 2
+    b = Fixed("b", {"q": [0.1, 0.3, 0.2]})  # ranks 3, 1, 2
+    expected = [[1 / 61 + 1 / 63, 1 / 63 + 1 / 61, 2 / 62]]  # RRF with k = 60
+    np.testing.assert_allclose(reciprocal_rank_fusion([a.scores(["q"]), b.scores(["q"])]), expected, rtol=1e-6)
+    scaled = Fixed("b", {"q": [10.0, 30.0, 20.0]})  # same ranking, other scale: same fusion
+    hybrid = HybridRetriever([a, scaled], fusion="rrf")
+    np.testing.assert_allclose(hybrid.scores(["q"]), expected, rtol=1e-6)
+    assert hybrid.settings() == {"fusion": "rrf"}
+    hybrid.save_pretrained(tmp_path / "recipe")
+    assert HybridRetriever.from_pretrained(tmp_path / "recipe", {"a": a, "b": b}).fusion == "rrf"
+    assert HybridConfig.load(tmp_path / "recipe").fusion == "rrf"
+    with pytest.raises(UserError, match="fusion"):
+        HybridRetriever([a, b], fusion="max")
+
+
 def test_bm25_stems_drops_stop_words_and_round_trips(tmp_path):
     texts = ["A minor needs the consent of a guardian.", "Land must be registered.", "The the the of and."]
     bm25 = BM25Retriever.build(texts, IDS)
@@ -99,6 +115,17 @@ def test_bm25_stems_drops_stop_words_and_round_trips(tmp_path):
     bm25.save(tmp_path / "bm25")
     loaded = BM25Retriever.load(tmp_path / "bm25")
     assert loaded.article_ids == IDS and np.array_equal(loaded.scores(["minors consenting"]), scores[:1])
+
+
+def test_eval_coliee_hybrid_with_rank_fusion(tiny_encoder, tmp_path):
+    result = CliRunner().invoke(ragcli, ["eval", "coliee", "--model", "hybrid", "--fusion", "rrf", "--encoder", tiny_encoder,
+                                         "--valid-years", "R02", "--save-hybrid", str(tmp_path / "rrf"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["fusion"] == "rrf" and "weights" not in report and 0.5 <= report["ratio"] <= 1
+    assert HybridConfig.load(tmp_path / "rrf").fusion == "rrf"
+    refused = CliRunner().invoke(ragcli, ["eval", "coliee", "--model", "bm25", "--fusion", "rrf"])
+    assert refused.exit_code == 2 and "--fusion" in refused.output
 
 
 def test_evaluate_coliee_bm25_tunes_and_writes_run(tmp_path):
@@ -133,7 +160,7 @@ def test_hybrid_fuses_a_trained_model_from_retrieval_models(monkeypatch, tmp_pat
     (["--years", "R09"], "no query file for R09"),
     (["--years", "R03..R01"], "runs backwards"),
     (["--model", "nonsense"], "unknown model 'nonsense'"),
-    (["--model", "bm25", "--rerank", "."], "--rerank only applies"),
+    (["--model", "bm25", "--rerank", "."], "--rerank and --fusion apply"),
 ])
 def test_eval_cli_errors_exit_2_and_write_no_run(tmp_path, args, message):
     run = tmp_path / "x.run"

@@ -75,10 +75,13 @@ def _pixels(encoder: ImageEncoder | FocalLens, images: list[Image.Image]) -> tor
 def target_layer(encoder: ImageEncoder | FocalLens) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]:
     """The layer the map is read from, and how its output becomes a (B, C, H, W) map: the finest feature map
     the model has, since LayerCAM's point is to explain from shallow, high-resolution layers. FocalLens:
-    the first block of its conv stem (stride 2); a CNN: its first feature stage; a transformer without a
-    conv stem (timm's, or a transformers tower): its tokens at the last block's first norm (the block's
-    output reaches a class-token pooling only through the class token), minus prefix and condition tokens."""
+    the first block of its conv stem (stride 2), or with the CNN tower its first FiLM-modulated stage (after
+    the stride-2 stem); a CNN: its first feature stage; a transformer without a conv stem (timm's, or a
+    transformers tower): its tokens at the last block's first norm (the block's output reaches a class-token
+    pooling only through the class token), minus prefix and condition tokens."""
     if isinstance(encoder, FocalLens):
+        if encoder.image_tower == "cnn":
+            return encoder.cnn.stages[0], None
         stem = encoder.vit.patch_embed.proj
         if isinstance(stem, nn.Sequential):
             return next(m for m in stem if isinstance(m, nn.ReLU)), None

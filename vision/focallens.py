@@ -1,11 +1,18 @@
-"""FocalLens (FocalLens-CLIP style): a ViT whose token sequence also carries condition tokens made from
-an encoded instruction, so one image gets a different embedding per instruction.
+"""FocalLens (FocalLens-CLIP style): an image tower conditioned on an encoded instruction, so one image
+gets a different embedding per instruction.
 
 The instruction is embedded by a frozen text encoder (all-MiniLM-L6-v2 by default, or the text tower of
-an `hf:` CLIP), projected into a few tokens appended after the patch and position embeddings, and the
-pooled class token is projected into the text-embedding space, where training aligns it with the
-embedding of the instruction's answer. With `conditional=False` the same network ignores instructions:
-the unconditional baseline trained by the same loop.
+an `hf:` CLIP). Two image towers take it:
+
+- `tower="vit"`: a ViT whose token sequence also carries condition tokens, the instruction projected into a
+  few tokens appended after the patch and position embeddings; its pooled class token is the image feature.
+- `tower="cnn"`: a small ResNet-style CNN whose every stage is modulated by FiLM ("FiLM: Visual Reasoning
+  with a General Conditioning Layer", Perez et al. 2018): a per-channel scale and shift computed from the
+  instruction; globally average-pooled, its last stage is the image feature.
+
+The image feature is projected into the text-embedding space, where training aligns it with the embedding
+of the instruction's answer. With `conditional=False` the same network ignores instructions: the
+unconditional baseline trained by the same loop.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from safetensors.torch import load_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from indexes.checks import boolean, integer, number, text
+from indexes.checks import boolean, choice, integer, number, text
 from indexes.errors import UserError
 from indexes.files import regular_file
 from indexes.runtime import error_line, load_pretrained, progress, resolve_device
@@ -102,6 +109,61 @@ def conv_stem_layers(patch_size: int, embed_dim: int) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Conv2d(width, embed_dim, 1))
 
 
+TOWERS = ("vit", "cnn")
+CNN_WIDTHS = (32, 64, 128)  # one residual stage each; a stride-2 stem, then 32 px -> 16, 8, 4
+
+
+class FiLMStage(nn.Module):
+    """A residual block (two 3x3 conv-BN; a 1x1 conv-BN shortcut when it strides or widens) whose last BN
+    output is scaled and shifted per channel by FiLM before the residual sum and ReLU, as in FiLM's
+    residual blocks."""
+
+    def __init__(self, in_width: int, width: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.shortcut = (nn.Identity() if stride == 1 and in_width == width else
+                         nn.Sequential(nn.Conv2d(in_width, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width)))
+
+    def forward(self, x: torch.Tensor, film: torch.Tensor | None = None) -> torch.Tensor:
+        """`film`: (B, 2 * width) scales then shifts, or None (the unconditional block)."""
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        if film is not None:
+            gamma, beta = film.to(out.dtype)[:, :, None, None].chunk(2, dim=1)
+            out = gamma * out + beta
+        return F.relu(out + self.shortcut(x))
+
+
+class FiLMCNN(nn.Module):
+    """The CNN tower: a stride-2 3x3 conv-BN-ReLU stem (as ResNet's, at half resolution), then a
+    `FiLMStage` per width, the first at the stem's resolution and each further one at half the last; with
+    `text_dim`, one linear FiLM generator per stage maps the instruction embedding to its (gamma, beta),
+    initialised to gamma = 1, beta = 0 (the identity: at init the conditional tower is the unconditional
+    one). `forward` returns the globally average-pooled last stage, (B, widths[-1])."""
+
+    def __init__(self, widths: Sequence[int] = CNN_WIDTHS, text_dim: int | None = None):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        self.stages = nn.ModuleList(FiLMStage(a, b, 1 if i == 0 else 2)
+                                    for i, (a, b) in enumerate(zip((widths[0], *widths), widths)))
+        self.film = None if text_dim is None else nn.ModuleList(nn.Linear(text_dim, 2 * w) for w in widths)
+        for generator in self.film or ():
+            nn.init.zeros_(generator.weight)
+            with torch.no_grad():
+                generator.bias.copy_(torch.cat([torch.ones(generator.out_features // 2),
+                                                torch.zeros(generator.out_features // 2)]))
+        self.num_features = widths[-1]
+
+    def forward(self, pixels: torch.Tensor, instructions: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.stem(pixels)
+        for i, stage in enumerate(self.stages):
+            x = stage(x, None if self.film is None else self.film[i](instructions))
+        return x.mean((2, 3))
+
+
 class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["focallens", "image-feature-extraction"]):
     """Conditional image encoder: `forward(pixels, instruction_embeddings)` -> unit vectors in text space."""
 
@@ -121,19 +183,30 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
         text_encoder: str = DEFAULT_TEXT_ENCODER,
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
+        tower: str = "vit",
     ):
+        """`tower`: "vit" (condition tokens; `patch_size` .. `conv_stem` shape it) or "cnn" (FiLM; those
+        ViT settings are checked but unused). The constructor's default stays "vit" because models saved
+        before the CNN tower existed have no `tower` in their config; `ragcli train focallens` and
+        `train_from_data` default to "cnn", which won on the measurements (README)."""
         super().__init__()
         _check_settings(image_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, text_dim, condition_tokens,
-                        conv_stem, temperature, conditional, text_encoder, mean, std)
+                        conv_stem, temperature, conditional, text_encoder, mean, std, tower)
         self.image_size, self.conditional, self.text_encoder = image_size, conditional, text_encoder
-        self.vit = VisionTransformer(img_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                                     num_heads=num_heads, mlp_ratio=mlp_ratio, num_classes=0, global_pool="token")
-        if conv_stem:
-            self.vit.patch_embed.proj = conv_stem_layers(patch_size, embed_dim)
-        self.condition = (nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, condition_tokens * embed_dim))
-                          if conditional else None)
-        self.condition_pos = nn.Parameter(torch.zeros(1, condition_tokens, embed_dim)) if conditional else None
-        self.proj = nn.Linear(embed_dim, text_dim)
+        self.image_tower = tower
+        if tower == "cnn":
+            self.cnn = FiLMCNN(CNN_WIDTHS, text_dim if conditional else None)
+            width = self.cnn.num_features
+        else:
+            self.vit = VisionTransformer(img_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                                         num_heads=num_heads, mlp_ratio=mlp_ratio, num_classes=0, global_pool="token")
+            if conv_stem:
+                self.vit.patch_embed.proj = conv_stem_layers(patch_size, embed_dim)
+            self.condition = (nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, condition_tokens * embed_dim))
+                              if conditional else None)
+            self.condition_pos = nn.Parameter(torch.zeros(1, condition_tokens, embed_dim)) if conditional else None
+            width = embed_dim
+        self.proj = nn.Linear(width, text_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / temperature))))  # learned, as in CLIP
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -152,10 +225,12 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
 
     def forward(self, pixels: torch.Tensor, instructions: torch.Tensor | None = None) -> torch.Tensor:
         """Unit-norm (B, text_dim) embeddings of normalised pixels under (B, text_dim) instruction embeddings."""
+        if self.conditional and instructions is None:
+            raise UserError("this FocalLens model is conditional: give an instruction")
+        if self.image_tower == "cnn":
+            return F.normalize(self.proj(self.cnn(pixels, instructions if self.conditional else None)), dim=-1)
         x = self.vit.patch_drop(self.vit._pos_embed(self.vit.patch_embed(pixels)))
         if self.conditional:
-            if instructions is None:
-                raise UserError("this FocalLens model is conditional: give an instruction")
             tokens = self.condition(instructions).view(len(x), *self.condition_pos.shape[1:]) + self.condition_pos
             x = torch.cat([x, tokens.to(x.dtype)], dim=1)  # after the class token, so token pooling is unchanged
         x = self.vit.norm(self.vit.blocks(self.vit.norm_pre(x)))
@@ -247,17 +322,18 @@ def load_focallens(path: str | Path) -> FocalLens:
 
 def _check_settings(image_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float,
                     text_dim: int, condition_tokens: int, conv_stem: bool, temperature: float, conditional: bool,
-                    text_encoder: str, mean: Sequence[float], std: Sequence[float]) -> None:
+                    text_encoder: str, mean: Sequence[float], std: Sequence[float], tower: str = "vit") -> None:
     """Types and ranges of FocalLens's settings (from a caller or a config.json), before any tensor is made."""
+    choice("FocalLens tower", tower, TOWERS)
     integer("FocalLens image_size", image_size, 8, MAX_IMAGE_SIZE)
     integer("FocalLens patch_size", patch_size, 1, image_size)
-    if image_size % patch_size or (image_size // patch_size) ** 2 > MAX_PATCHES:
+    if tower == "vit" and (image_size % patch_size or (image_size // patch_size) ** 2 > MAX_PATCHES):
         raise UserError(f"FocalLens patch_size {patch_size} must divide image_size {image_size} into at most "
                         f"{MAX_PATCHES} patches")
     integer("FocalLens embed_dim", embed_dim, 8, 4096)
     integer("FocalLens depth", depth, 1, 64)
     integer("FocalLens num_heads", num_heads, 1, 64)
-    if embed_dim % num_heads:
+    if tower == "vit" and embed_dim % num_heads:  # the CNN tower leaves the ViT's shape unused
         raise UserError(f"FocalLens num_heads {num_heads} must divide embed_dim {embed_dim}")
     number("FocalLens mlp_ratio", mlp_ratio, 0, 16, low_open=True)
     integer("FocalLens text_dim", text_dim, 1, 8192)

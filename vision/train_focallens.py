@@ -147,12 +147,13 @@ def save_model(model: FocalLens, out: str | Path, overwrite: bool = False) -> Pa
 def train_from_data(data: str | Path, out: str | Path, unconditional: bool = False, epochs: int = 16,
                     batch_size: int = 64, lr: float = 2e-3, image_size: int = 32, text_encoder: str | None = None,
                     device: str = "auto", seed: int = 0, overwrite: bool = False,
-                    attributes: Sequence[str] | None = None, **vit: int) -> dict:
+                    attributes: Sequence[str] | None = None, tower: str = "cnn", **vit: int) -> dict:
     """Train FocalLens (or the unconditional baseline) on `data`'s train split and save it to `out`
     (replacing a model ragcli wrote there only with `overwrite`).
 
     `attributes`: the factors to train on (e.g. CelebA's Smiling, Eyeglasses); None: all of them.
-    `vit`: patch_size, embed_dim, depth, num_heads of the ViT."""
+    `tower`: the image tower, "vit" or "cnn" (FiLM-conditioned). `vit`: patch_size, embed_dim, depth,
+    num_heads of the ViT."""
     if launch_rank() == 0:
         check_output(out, overwrite, "model directory")
     train = load_split(data, "train", image_size, seed, attributes)
@@ -160,6 +161,6 @@ def train_from_data(data: str | Path, out: str | Path, unconditional: bool = Fal
     text_dim = text_tower(text_encoder).dim
     seed_everything(seed)  # the initial weights too
     model = FocalLens(image_size=image_size, text_dim=text_dim, conditional=not unconditional,
-                      text_encoder=text_encoder, **vit)
+                      text_encoder=text_encoder, tower=tower, **vit)
     log = train_focallens(model, train, TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device))
     return {**log, "path": str(save_model(model, out, overwrite))}
