@@ -691,6 +691,10 @@ def data_make_conditional(out: Path, overwrite: bool, as_json: bool, **options: 
 @click.option("--attributes", callback=lambda _ctx, _param, value: None if value is None else value.split(","),
               help="Factors to train on, comma-separated (CelebA: Smiling,Eyeglasses). Default: all.")
 @click.option("--unconditional", is_flag=True, help="Train the unconditional baseline (same network and loop, no instruction).")
+@click.option("--valid-fraction", type=click.FloatRange(0, 0.5), default=0.0, show_default=True,
+              help="Hold this share of the training images out; stop early on its mAP@R and keep the best epoch.")
+@click.option("--patience", type=click.IntRange(1, MAX_IMAGE_EPOCHS), default=3, show_default=True,
+              help="With --valid-fraction: epochs without a better validation mAP@R before stopping.")
 @click.option("--tower", type=click.Choice(["cnn", "vit"]), default="cnn", show_default=True,
               help="Image tower: a small ResNet-style CNN conditioned by FiLM, or a ViT with condition tokens (--patch-size/--embed-dim/--depth/--heads shape the ViT).")
 @click.option("--epochs", type=click.IntRange(1, MAX_IMAGE_EPOCHS), default=16, show_default=True)

@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -49,6 +50,8 @@ from indexes.index import (
 from indexes.runtime import error_line
 
 TOKEN_VARIABLE = "RAGCLI_MILVUS_TOKEN"
+CONNECT_TIMEOUT_S = 20
+LITE_ATTEMPTS = 3
 MAX_TOP_K = 16_384  # Milvus' limit on k, and on queries per request
 MAX_ID_LENGTH = 4096
 INSERT_BATCH = 4096
@@ -82,15 +85,24 @@ def connect(uri: str) -> Any:
     with _clients_guard:
         if uri not in _clients:
             logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # failures become one-line UserErrors
-            try:
-                with warnings.catch_warnings():  # milvus-lite imports pkg_resources, which warns
-                    warnings.simplefilter("ignore", UserWarning)
-                    from pymilvus import MilvusClient
-
-                    _clients[uri] = MilvusClient(uri=uri, token=os.environ.get(TOKEN_VARIABLE, ""), timeout=10)
-            except Exception as err:  # pymilvus raises its own and grpc's errors  # noqa: BLE001
-                raise UserError(f"cannot connect to milvus at {uri}: {_milvus_message(err)}") from None
+            _clients[uri] = _client(uri, attempts=LITE_ATTEMPTS if uri.endswith(".db") else 1)
         return _clients[uri]
+
+
+def _client(uri: str, attempts: int) -> Any:
+    """A MilvusClient for `uri`. Milvus Lite starts its server in a subprocess, which on a loaded machine
+    can take longer than pymilvus waits for its socket: a local file gets a few tries."""
+    with warnings.catch_warnings():  # milvus-lite imports pkg_resources, which warns
+        warnings.simplefilter("ignore", UserWarning)
+        from pymilvus import MilvusClient
+
+        for attempt in range(1, attempts + 1):
+            try:
+                return MilvusClient(uri=uri, token=os.environ.get(TOKEN_VARIABLE, ""), timeout=CONNECT_TIMEOUT_S)
+            except Exception as err:  # pymilvus raises its own and grpc's errors  # noqa: BLE001
+                if attempt == attempts:
+                    raise UserError(f"cannot connect to milvus at {uri}: {_milvus_message(err)}") from None
+                time.sleep(attempt)
 
 
 def _milvus_message(err: BaseException) -> str:

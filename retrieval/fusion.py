@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,7 +51,9 @@ def reciprocal_rank_fusion(matrices: Sequence[np.ndarray], k: int = RRF_K) -> np
     n_queries, n_articles = matrices[0].shape
     runs = [Run.from_dict({str(q): {str(a): float(s) for a, s in enumerate(row)} for q, row in enumerate(m)})
             for m in matrices]
-    fused = ranx_fuse(runs=runs, method="rrf", params={"k": k}).to_dict()
+    with warnings.catch_warnings():  # numba's note on a uint64 -> int64 cast of ranx's own run sizes
+        warnings.filterwarnings("ignore", message="unsafe cast from uint64 to int64")
+        fused = ranx_fuse(runs=runs, method="rrf", params={"k": k}).to_dict()
     out = np.zeros((n_queries, n_articles), dtype=np.float32)
     for query, scores in fused.items():
         out[int(query), [int(a) for a in scores]] = list(scores.values())

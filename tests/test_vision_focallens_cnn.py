@@ -172,3 +172,24 @@ def test_film_cnn_alone_without_a_condition_is_a_plain_cnn():
     torch.manual_seed(0)
     cnn = FiLMCNN(widths=(8, 16), text_dim=None)
     assert cnn(torch.randn(2, 3, 16, 16)).shape == (2, 16) and cnn.film is None
+
+
+def test_validation_split_stops_early_and_keeps_the_best_epoch(tmp_path):
+    from vision.synthetic import make_conditional
+    from vision.train_focallens import TrainSettings, split_validation, train_focallens
+
+    data = make_conditional(n=200, size=16, seed=3)["train"]
+    train, valid = split_validation(data, 0.25, seed=0)
+    assert len(train) + len(valid) == len(data) and len(valid) == 40
+    assert split_validation(data, 0.0, seed=0) == (data, None)
+    torch.manual_seed(0)
+    lens = FocalLens(image_size=16, tower="cnn")
+    log = train_focallens(lens, data, TrainSettings(epochs=30, batch_size=32, lr=2e-3, device="cpu",
+                                                    valid_fraction=0.25, patience=1))
+    scores = log["valid_mAP@R"]
+    assert len(log["loss"]) == len(scores) < 30  # it stopped
+    assert log["best_epoch"] == int(np.argmax(scores)) + 1 and len(scores) - log["best_epoch"] == 1
+    from vision.evaluate import evaluate_focallens
+
+    conditions = {factor: phrasings[0] for factor, phrasings in valid.phrasings.items()}
+    assert evaluate_focallens(lens, valid, conditions, device="cpu")["mean"]["mAP@R"] == pytest.approx(max(scores))

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from indexes import metrics
+from indexes.checks import number
 from indexes.errors import UserError
 from indexes.distributed import join, launch_rank, rank_device, writer_dir
 from indexes.files import check_output
@@ -37,6 +38,8 @@ class TrainSettings:
     warmup: float = 0.05  # fraction of steps with a linear warm-up, then cosine decay
     seed: int = 0
     device: str = "auto"
+    valid_fraction: float = 0.0  # held out of the training images for early stopping (0: none)
+    patience: int = 3  # epochs without a better validation mAP@R before stopping (with valid_fraction)
 
 
 @dataclass
@@ -94,6 +97,7 @@ def train_focallens(model: FocalLens, data: ConditionalSet, settings: TrainSetti
     if len(data) < 2:
         raise UserError(f"need at least 2 training images, got {len(data)}")
     seed_everything(settings.seed)
+    data, valid = split_validation(data, settings.valid_fraction, settings.seed)
     ranks = join()
     device = rank_device(resolve_device(settings.device), ranks)
     model.to(device).train()
@@ -112,6 +116,7 @@ def train_focallens(model: FocalLens, data: ConditionalSet, settings: TrainSetti
     generator = torch.Generator().manual_seed(settings.seed)
     n_factors, n_phrasings = targets.instructions.shape
     history, started = [], time.perf_counter()
+    stopper = EarlyStopping(model, valid, settings.patience, device)
     for epoch in progress(range(1, settings.epochs + 1), desc="train focallens", unit="epoch", disable=not ranks.writer):
         order = torch.randperm(len(data), generator=generator)[: steps_per_epoch * batch].view(steps_per_epoch, batch)
         factor = torch.randint(n_factors, order.shape, generator=generator)
@@ -132,9 +137,63 @@ def train_focallens(model: FocalLens, data: ConditionalSet, settings: TrainSetti
             optimizer.step()
             scheduler.step()
         history.append(float(np.mean(losses)))
+        if stopper.stop_after(epoch):
+            break
+    stopper.restore_best()
     require_finite_parameters(model, "training diverged (try a lower --lr)")  # a last step can break the weights
     return {"model": model.name, "epochs": settings.epochs, "steps": total, "batch_size": batch,
-            "loss": history, "seconds": round(time.perf_counter() - started, 1), "settings": asdict(settings)}
+            "loss": history, "seconds": round(time.perf_counter() - started, 1), "settings": asdict(settings),
+            **stopper.report()}
+
+
+def split_validation(data: ConditionalSet, fraction: float, seed: int) -> tuple[ConditionalSet, ConditionalSet | None]:
+    """(training part, validation part) of `data`: a seeded `fraction` of its images held out (none at 0)."""
+    number("validation fraction", fraction, 0, 0.5)
+    held = round(len(data) * fraction)
+    if held == 0:
+        return data, None
+    if len(data) - held < 2:
+        raise UserError(f"a validation fraction of {fraction} leaves fewer than 2 training images")
+    order = np.random.default_rng(seed).permutation(len(data))
+    return _subset(data, np.sort(order[held:])), _subset(data, np.sort(order[:held]))
+
+
+def _subset(data: ConditionalSet, rows: np.ndarray) -> ConditionalSet:
+    images = data.images[rows] if isinstance(data.images, np.ndarray) else [data.images[int(i)] for i in rows]
+    return ConditionalSet(images, data.labels[rows.tolist()], data.phrasings)
+
+
+class EarlyStopping:
+    """Validation mean mAP@R (each factor asked with its first phrasing) after every epoch; keeps the best
+    weights and says when `patience` epochs have passed without a better one. Inert without validation data."""
+
+    def __init__(self, model: FocalLens, valid: ConditionalSet | None, patience: int, device: str) -> None:
+        self.model, self.valid, self.patience, self.device = model, valid, patience, device
+        self.scores: list[float] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def stop_after(self, epoch: int) -> bool:
+        if self.valid is None:
+            return False
+        from vision.evaluate import evaluate_focallens
+
+        conditions = {factor: phrasings[0] for factor, phrasings in self.valid.phrasings.items()}
+        score = evaluate_focallens(self.model, self.valid, conditions, device=self.device)["mean"]["mAP@R"]
+        self.model.train()
+        if not self.scores or score > max(self.scores):
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.scores.append(score)
+        return epoch - 1 - int(np.argmax(self.scores)) >= self.patience
+
+    def restore_best(self) -> None:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+
+    def report(self) -> dict[str, object]:
+        if self.valid is None:
+            return {}
+        return {"valid_mAP@R": self.scores, "best_epoch": int(np.argmax(self.scores)) + 1,
+                "valid_images": len(self.valid)}
 
 
 def save_model(model: FocalLens, out: str | Path, overwrite: bool = False) -> Path:
@@ -147,13 +206,15 @@ def save_model(model: FocalLens, out: str | Path, overwrite: bool = False) -> Pa
 def train_from_data(data: str | Path, out: str | Path, unconditional: bool = False, epochs: int = 16,
                     batch_size: int = 64, lr: float = 2e-3, image_size: int = 32, text_encoder: str | None = None,
                     device: str = "auto", seed: int = 0, overwrite: bool = False,
-                    attributes: Sequence[str] | None = None, tower: str = "cnn", **vit: int) -> dict:
+                    attributes: Sequence[str] | None = None, tower: str = "cnn", valid_fraction: float = 0.0,
+                    patience: int = 3, **vit: int) -> dict:
     """Train FocalLens (or the unconditional baseline) on `data`'s train split and save it to `out`
     (replacing a model ragcli wrote there only with `overwrite`).
 
     `attributes`: the factors to train on (e.g. CelebA's Smiling, Eyeglasses); None: all of them.
-    `tower`: the image tower, "vit" or "cnn" (FiLM-conditioned). `vit`: patch_size, embed_dim, depth,
-    num_heads of the ViT."""
+    `tower`: the image tower, "vit" or "cnn" (FiLM-conditioned). `valid_fraction` > 0 holds that share of
+    the training images out and stops early on its mAP@R (`patience` epochs), keeping the best epoch.
+    `vit`: patch_size, embed_dim, depth, num_heads of the ViT."""
     if launch_rank() == 0:
         check_output(out, overwrite, "model directory")
     train = load_split(data, "train", image_size, seed, attributes)
@@ -162,5 +223,7 @@ def train_from_data(data: str | Path, out: str | Path, unconditional: bool = Fal
     seed_everything(seed)  # the initial weights too
     model = FocalLens(image_size=image_size, text_dim=text_dim, conditional=not unconditional,
                       text_encoder=text_encoder, tower=tower, **vit)
-    log = train_focallens(model, train, TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device))
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                             valid_fraction=valid_fraction, patience=patience)
+    log = train_focallens(model, train, settings)
     return {**log, "path": str(save_model(model, out, overwrite))}
