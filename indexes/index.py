@@ -169,6 +169,18 @@ def _payload_frame(payload: pl.DataFrame | Sequence[Mapping[str, Any]] | None, n
     return frame
 
 
+def checked_rows(vectors: Any, ids: Sequence[Id] | None, payload: pl.DataFrame | Sequence[Mapping[str, Any]] | None,
+                 dim: int | None = None, id_type: str | None = None) -> tuple[np.ndarray, np.ndarray, str, pl.DataFrame]:
+    """Rows to index, validated as every backend needs them: a float32 (n, d) matrix (d = `dim` when the
+    index has one), ids of one type (`id_type` when the index has one; 0..n-1 when None), one per vector,
+    and the payload frame. Returns (matrix, ids, id type, payload)."""
+    x = _as_matrix(vectors, dim, "vectors")
+    ids_arr, id_type = _ids_array(range(len(x)) if ids is None else ids, id_type)
+    if len(ids_arr) != len(x):
+        raise UserError(f"{len(ids_arr)} ids for {len(x)} vectors")
+    return x, ids_arr, id_type, _payload_frame(payload, len(x))
+
+
 def training_sample(x: np.ndarray, size: int | None, seed: int = 0) -> np.ndarray:
     """`size` rows of x drawn without replacement (seeded), or all of x."""
     if size is None or size >= len(x):
@@ -251,14 +263,10 @@ class VectorIndex(ManifestIndex):
 
         Kinds that need training (IVF, PQ) train on all rows, or on `train_size` rows drawn with a fixed seed.
         """
-        x = _as_matrix(vectors, None, "vectors")
+        x, ids_arr, id_type, frame = checked_rows(vectors, ids, payload)
         n, dim = x.shape
         if n == 0:
             raise UserError("nothing to index: 0 vectors")
-        ids_arr, id_type = _ids_array(range(n) if ids is None else ids, None)
-        if len(ids_arr) != n:
-            raise UserError(f"{len(ids_arr)} ids for {n} vectors")
-        frame = _payload_frame(payload, n)
         factory = factory_string(kind, n, dim)
         index = _new_faiss_index(factory, dim, metric)
         if metric == "cosine":
@@ -331,14 +339,11 @@ class VectorIndex(ManifestIndex):
     # ---- mutation -----------------------------------------------------------------------------
     def add(self, vectors: Any, ids: Sequence[Id], payload: pl.DataFrame | Sequence[Mapping[str, Any]] | None = None) -> None:
         """Append rows; ids must be new."""
-        x = _as_matrix(vectors, self.dim, "vectors")
-        ids_arr, _ = _ids_array(ids, self.manifest["id_type"])
-        if len(ids_arr) != len(x):
-            raise UserError(f"{len(ids_arr)} ids for {len(x)} vectors")
+        x, ids_arr, _, frame = checked_rows(vectors, ids, payload, self.dim, self.manifest["id_type"])
         taken = self._known(ids_arr)
         if taken.any():
             raise UserError(f"ids already in the index: {', '.join(map(str, ids_arr[taken][:5]))}")
-        self._append(_normalize(x) if self.metric == "cosine" else x, ids_arr, _payload_frame(payload, len(x)))
+        self._append(_normalize(x) if self.metric == "cosine" else x, ids_arr, frame)
 
     def remove(self, ids: Iterable[Id]) -> int:
         """Delete rows by id; unknown ids are an error. Returns the number removed."""

@@ -41,7 +41,7 @@ from indexes.index import (
     _copy_other_entries,
     _ids_array,
     _normalize,
-    _payload_frame,
+    checked_rows,
     exclusion_lists,
     ivf_lists,
     pq_subquantizers,
@@ -140,18 +140,14 @@ class MilvusIndex(ManifestIndex):
         `kind`: flat, ivf-flat, hnsw or ivf-pq, as Milvus index types. `train_size` is FAISS's; Milvus
         trains its IVF kinds on what it holds."""
         del train_size
-        x = _as_matrix(vectors, None, "vectors")
+        x, ids_arr, id_type, frame = checked_rows(vectors, ids, payload)
         n, dim = x.shape
         if n == 0:
             raise UserError("nothing to index: 0 vectors")
-        ids_arr, id_type = _ids_array(range(n) if ids is None else ids, None)
-        if len(ids_arr) != n:
-            raise UserError(f"{len(ids_arr)} ids for {n} vectors")
         if kind not in INDEX_TYPES:
             raise UserError(f"bad index kind {kind!r} for the milvus backend: use {', '.join(INDEX_TYPES)}")
         if metric not in MILVUS_METRICS:
             raise UserError(f"unknown metric {metric!r}; use one of {', '.join(MILVUS_METRICS)}")
-        frame = _payload_frame(payload, n)
         uri = check_uri(uri)
         client = connect(uri)
         manifest = {
@@ -201,14 +197,11 @@ class MilvusIndex(ManifestIndex):
     # ---- mutation -----------------------------------------------------------------------------
     def add(self, vectors: Any, ids: Sequence[Id], payload: pl.DataFrame | Sequence[Mapping[str, Any]] | None = None) -> None:
         """Insert rows; ids must be new."""
-        x = _as_matrix(vectors, self.dim, "vectors")
-        ids_arr, _ = _ids_array(ids, self.manifest["id_type"])
-        if len(ids_arr) != len(x):
-            raise UserError(f"{len(ids_arr)} ids for {len(x)} vectors")
+        x, ids_arr, _, frame = checked_rows(vectors, ids, payload, self.dim, self.manifest["id_type"])
         taken = self._existing(ids_arr.tolist())
         if taken:
             raise UserError(f"ids already in the index: {', '.join(map(str, sorted(taken)[:5]))}")
-        self._insert(_normalize(x) if self.metric == "cosine" else x, ids_arr, _payload_frame(payload, len(x)))
+        self._insert(_normalize(x) if self.metric == "cosine" else x, ids_arr, frame)
 
     def remove(self, ids: Iterable[Id]) -> int:
         """Delete rows by id; unknown ids are an error. Returns the number removed."""
