@@ -695,9 +695,13 @@ def data_make_conditional(out: Path, overwrite: bool, as_json: bool, **options: 
               help="Hold this share of the training images out; stop early on its mAP@R and keep the best epoch.")
 @click.option("--patience", type=click.IntRange(1, MAX_IMAGE_EPOCHS), default=3, show_default=True,
               help="With --valid-fraction: epochs without a better validation mAP@R before stopping.")
-@click.option("--tower", type=click.Choice(["cnn", "vit"]), default="cnn", show_default=True,
-              help="Image tower: a small ResNet-style CNN conditioned by FiLM, or a ViT with condition tokens (--patch-size/--embed-dim/--depth/--heads shape the ViT).")
-@click.option("--epochs", type=click.IntRange(1, MAX_IMAGE_EPOCHS), default=16, show_default=True)
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Condition-aware augmentation: colour jitter, crops and flips, each only where it keeps the answer to the question an image is asked with.")
+@click.option("--tower", default="cnn", show_default=True,
+              help="Image tower: cnn (a small ResNet-style CNN conditioned by FiLM), vit (a small ViT with condition tokens; --patch-size/--embed-dim/--depth/--heads shape it), "
+                   "or any encoder: timm:NAME, a registered backbone (van_b0), hf:PATH (condition tokens for ViT-style models, FiLM on each stage otherwise).")
+@click.option("--tower-weights", type=click.Path(path_type=Path), help="Initial weights of a timm: tower (.safetensors file or dir); an hf: tower uses its directory's.")
+@click.option("--epochs", type=click.IntRange(1, MAX_IMAGE_EPOCHS), default=32, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2, MAX_BATCH_SIZE), default=64, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
 @click.option("--image-size", type=click.IntRange(8, MAX_IMAGE_SIDE), default=32, show_default=True)

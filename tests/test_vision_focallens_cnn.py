@@ -10,9 +10,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from helpers import run
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
 from indexes.errors import UserError
 from vision.explain import explain_pair, target_layer
 from vision.focallens import CNN_WIDTHS, FiLMCNN, FocalLens, load_focallens
@@ -117,10 +118,18 @@ def test_old_configs_load_as_vit_and_bad_towers_are_refused(tmp_path):
     config = json.loads((path / "config.json").read_text())
     assert config.pop("tower") == "vit"
     (path / "config.json").write_text(json.dumps(config))  # a model saved before the setting existed
-    assert load_focallens(path).image_tower == "vit"
-    for bad in ("resnet", 1, None):
+    expected = load_focallens(path).embed(np.zeros((2, 32, 32, 3), np.uint8), "focus on the size", device="cpu")
+    old_names = {"condition.project.0.": "condition.0.", "condition.project.1.": "condition.1.",
+                 "condition.pos": "condition_pos"}  # the tensor names of that release
+    state = load_file(path / "model.safetensors")
+    save_file({next((old_names[new] + k[len(new):] for new in old_names if k.startswith(new)), k): v
+               for k, v in state.items()}, path / "model.safetensors")
+    old = load_focallens(path)
+    assert old.image_tower == "vit"
+    assert np.array_equal(old.embed(np.zeros((2, 32, 32, 3), np.uint8), "focus on the size", device="cpu"), expected)
+    for bad, message in (("resnet", "unknown encoder 'resnet'"), (1, "tower must be"), (None, "tower must be")):
         (path / "config.json").write_text(json.dumps({**config, "tower": bad}))
-        with pytest.raises(UserError, match="tower must be one of 'vit', 'cnn'"):
+        with pytest.raises(UserError, match=message):
             load_focallens(path)
     (path / "config.json").write_text(json.dumps({**config, "tower": "cnn"}))  # a ViT's weights, a CNN's config
     with pytest.raises(UserError, match="does not fit its config"):

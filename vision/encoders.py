@@ -208,11 +208,19 @@ def create_encoder(spec: str, weights: str | Path | None = None, pooling: str = 
             raise UserError(f"{spec} is a saved encoder: it carries its own weights and settings")
         return ImageEncoder.from_pretrained(spec)
     kind, source = parse_spec(spec)
-    if image_size is not None:
-        integer("image size", image_size, 8, MAX_IMAGE_SIZE)
-    backbone = _BUILDERS[kind](source, weights, image_size, dict(model_kwargs))
+    backbone = create_backbone(spec, weights, image_size, **model_kwargs)
     random_weights = weights is None and (kind == "timm" or not _hf_has_weights(source))
     return ImageEncoder(backbone, f"{kind}:{source}", pooling, image_size, model_kwargs, random_weights)
+
+
+def create_backbone(spec: str, weights: str | Path | None = None, image_size: int | None = None,
+                    **model_kwargs: Any) -> TimmBackbone | HFBackbone:
+    """The backbone of an encoder spec (`timm:NAME`, a registered name, `hf:SOURCE`) without a pooling head:
+    weights from `weights`, or an `hf:` source's own; random otherwise."""
+    kind, source = parse_spec(spec)
+    if image_size is not None:
+        integer("image size", image_size, 8, MAX_IMAGE_SIZE)
+    return _BUILDERS[kind](source, weights, image_size, dict(model_kwargs))
 
 
 def parse_spec(spec: str) -> tuple[str, str]:

@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from indexes.errors import UserError
-from vision.encoders import HFBackbone, ImageEncoder
+from vision.encoders import HFBackbone, ImageEncoder, TimmBackbone
 from vision.focallens import FocalLens
 
 
@@ -76,26 +76,35 @@ def target_layer(encoder: ImageEncoder | FocalLens) -> tuple[nn.Module, Callable
     """The layer the map is read from, and how its output becomes a (B, C, H, W) map: the finest feature map
     the model has, since LayerCAM's point is to explain from shallow, high-resolution layers. FocalLens:
     the first block of its conv stem (stride 2), or with the CNN tower its first FiLM-modulated stage (after
-    the stride-2 stem); a CNN: its first feature stage; a transformer without a conv stem (timm's, or a
-    transformers tower): its tokens at the last block's first norm (the block's output reaches a class-token
-    pooling only through the class token), minus prefix and condition tokens."""
-    if isinstance(encoder, FocalLens):
-        if encoder.image_tower == "cnn":
-            return encoder.cnn.stages[0], None
-        stem = encoder.vit.patch_embed.proj
-        if isinstance(stem, nn.Sequential):
-            return next(m for m in stem if isinstance(m, nn.ReLU)), None
-        extra = encoder.condition_pos.shape[1] if encoder.conditional else 0
-        return encoder.vit.blocks[-1].norm1, _token_grid(encoder.vit.num_prefix_tokens, extra)
-    if isinstance(encoder.backbone, HFBackbone):
-        return _hf_attention_input(encoder.backbone)
-    model = encoder.backbone.model
+    the stride-2 stem), or with an encoder tower that encoder's layer; a CNN: its first feature stage; a
+    transformer without a conv stem (timm's, or a transformers tower): its tokens at the last block's first
+    norm (the block's output reaches a class-token pooling only through the class token), minus prefix and
+    condition tokens."""
+    if not isinstance(encoder, FocalLens):
+        return _backbone_layer(encoder.backbone, 0, encoder.name)
+    if encoder.image_tower == "cnn":
+        return encoder.cnn.stages[0], None
+    if encoder.image_tower != "vit":
+        return _backbone_layer(encoder.encoder.backbone, encoder.encoder.condition_token_count, encoder.image_tower)
+    stem = encoder.vit.patch_embed.proj
+    if isinstance(stem, nn.Sequential):
+        return next(m for m in stem if isinstance(m, nn.ReLU)), None
+    extra = encoder.condition.pos.shape[1] if encoder.conditional else 0
+    return encoder.vit.blocks[-1].norm1, _token_grid(encoder.vit.num_prefix_tokens, extra)
+
+
+def _backbone_layer(backbone: TimmBackbone | HFBackbone, suffix: int,
+                    name: str) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]:
+    """`target_layer` of an encoder's backbone; `suffix`: condition tokens after its patch tokens."""
+    if isinstance(backbone, HFBackbone):
+        return _hf_attention_input(backbone, suffix)
+    model = backbone.model
     info = getattr(model, "feature_info", None)
     if not info:
-        raise UserError(f"{encoder.name} has no feature_info naming its feature layers; cannot explain it")
+        raise UserError(f"{name} has no feature_info naming its feature layers; cannot explain it")
     names = [entry["module"] for entry in (info if isinstance(info, list) else info.get_dicts())]
     if _is_token_model(model):
-        return model.get_submodule(names[-1]).norm1, _token_grid(getattr(model, "num_prefix_tokens", 0), 0)
+        return model.get_submodule(names[-1]).norm1, _token_grid(getattr(model, "num_prefix_tokens", 0), suffix)
     layer = model.get_submodule(names[0])
     if getattr(model, "output_fmt", "NCHW") == "NHWC":
         return layer, lambda x: x.permute(0, 3, 1, 2)
@@ -105,12 +114,12 @@ def target_layer(encoder: ImageEncoder | FocalLens) -> tuple[nn.Module, Callable
 _HF_ATTENTION_NORMS = ("layernorm_before", "layer_norm1", "norm1")  # ViT, CLIP / SigLIP, DINOv2
 
 
-def _hf_attention_input(backbone: HFBackbone) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+def _hf_attention_input(backbone: HFBackbone, suffix: int) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
     """A transformers vision tower's tokens entering its last layer's attention."""
     norms = [m for name, m in backbone.model.named_modules() if name.rsplit(".", 1)[-1] in _HF_ATTENTION_NORMS]
     if not norms:
         raise UserError(f"cannot find the attention inputs of {type(backbone.model).__name__} to explain it")
-    return norms[-1], _token_grid(backbone.num_prefix_tokens, 0)
+    return norms[-1], _token_grid(backbone.num_prefix_tokens, suffix)
 
 
 def _is_token_model(model: nn.Module) -> bool:

@@ -2,13 +2,14 @@
 gets a different embedding per instruction.
 
 The instruction is embedded by a frozen text encoder (all-MiniLM-L6-v2 by default, or the text tower of
-an `hf:` CLIP). Two image towers take it:
+an `hf:` CLIP). The image towers take it as `vision.conditioning` describes:
 
-- `tower="vit"`: a ViT whose token sequence also carries condition tokens, the instruction projected into a
-  few tokens appended after the patch and position embeddings; its pooled class token is the image feature.
-- `tower="cnn"`: a small ResNet-style CNN whose every stage is modulated by FiLM ("FiLM: Visual Reasoning
-  with a General Conditioning Layer", Perez et al. 2018): a per-channel scale and shift computed from the
-  instruction; globally average-pooled, its last stage is the image feature.
+- `tower="vit"`: a small ViT whose token sequence also carries condition tokens, the instruction projected
+  into a few tokens appended after the patch and position embeddings; its pooled class token is the feature.
+- `tower="cnn"`: a small ResNet-style CNN whose every stage is modulated by FiLM; globally average-pooled,
+  its last stage is the image feature.
+- `tower=<encoder spec>` (`timm:resnet18`, a registered backbone such as `van_b0`, `hf:PATH`): that encoder,
+  with condition tokens if it is ViT-style and FiLM on each feature stage otherwise; its pooled features.
 
 The image feature is projected into the text-embedding space, where training aligns it with the embedding
 of the instruction's answer. With `conditional=False` the same network ignores instructions: the
@@ -27,16 +28,17 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
 from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE
 from PIL import Image
-from safetensors.torch import load_model
+from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from indexes.checks import boolean, choice, integer, number, text
+from indexes.checks import boolean, integer, number, text
 from indexes.errors import UserError
 from indexes.files import regular_file
 from indexes.runtime import error_line, load_pretrained, progress, resolve_device
 from indexes.text_encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
-from vision.encoders import MAX_IMAGE_SIZE, quiet_transformers
+from vision.conditioning import CNN_WIDTHS, ConditionedTower, ConditionTokens, FiLMCNN, build_backbone
+from vision.encoders import MAX_IMAGE_SIZE, HFBackbone, TimmBackbone, create_backbone, parse_spec, quiet_transformers
 
 MAX_PATCHES = 16_384  # (image_size / patch_size) ** 2: position embeddings and attention grow with it
 
@@ -109,59 +111,7 @@ def conv_stem_layers(patch_size: int, embed_dim: int) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Conv2d(width, embed_dim, 1))
 
 
-TOWERS = ("vit", "cnn")
-CNN_WIDTHS = (32, 64, 128)  # one residual stage each; a stride-2 stem, then 32 px -> 16, 8, 4
-
-
-class FiLMStage(nn.Module):
-    """A residual block (two 3x3 conv-BN; a 1x1 conv-BN shortcut when it strides or widens) whose last BN
-    output is scaled and shifted per channel by FiLM before the residual sum and ReLU, as in FiLM's
-    residual blocks."""
-
-    def __init__(self, in_width: int, width: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.shortcut = (nn.Identity() if stride == 1 and in_width == width else
-                         nn.Sequential(nn.Conv2d(in_width, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width)))
-
-    def forward(self, x: torch.Tensor, film: torch.Tensor | None = None) -> torch.Tensor:
-        """`film`: (B, 2 * width) scales then shifts, or None (the unconditional block)."""
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        if film is not None:
-            gamma, beta = film.to(out.dtype)[:, :, None, None].chunk(2, dim=1)
-            out = gamma * out + beta
-        return F.relu(out + self.shortcut(x))
-
-
-class FiLMCNN(nn.Module):
-    """The CNN tower: a stride-2 3x3 conv-BN-ReLU stem (as ResNet's, at half resolution), then a
-    `FiLMStage` per width, the first at the stem's resolution and each further one at half the last; with
-    `text_dim`, one linear FiLM generator per stage maps the instruction embedding to its (gamma, beta),
-    initialised to gamma = 1, beta = 0 (the identity: at init the conditional tower is the unconditional
-    one). `forward` returns the globally average-pooled last stage, (B, widths[-1])."""
-
-    def __init__(self, widths: Sequence[int] = CNN_WIDTHS, text_dim: int | None = None):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False),
-                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
-        self.stages = nn.ModuleList(FiLMStage(a, b, 1 if i == 0 else 2)
-                                    for i, (a, b) in enumerate(zip((widths[0], *widths), widths)))
-        self.film = None if text_dim is None else nn.ModuleList(nn.Linear(text_dim, 2 * w) for w in widths)
-        for generator in self.film or ():
-            nn.init.zeros_(generator.weight)
-            with torch.no_grad():
-                generator.bias.copy_(torch.cat([torch.ones(generator.out_features // 2),
-                                                torch.zeros(generator.out_features // 2)]))
-        self.num_features = widths[-1]
-
-    def forward(self, pixels: torch.Tensor, instructions: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.stem(pixels)
-        for i, stage in enumerate(self.stages):
-            x = stage(x, None if self.film is None else self.film[i](instructions))
-        return x.mean((2, 3))
+TOWERS = ("vit", "cnn")  # built in; any encoder spec (timm:NAME, a registered name, hf:SOURCE) also works
 
 
 class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["focallens", "image-feature-extraction"]):
@@ -184,9 +134,11 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
         tower: str = "vit",
+        tower_config: dict | None = None,
     ):
-        """`tower`: "vit" (condition tokens; `patch_size` .. `conv_stem` shape it) or "cnn" (FiLM; those
-        ViT settings are checked but unused). The constructor's default stays "vit" because models saved
+        """`tower`: "vit" (condition tokens; `patch_size` .. `conv_stem` shape it), "cnn" (FiLM), or an
+        encoder spec (`vision.conditioning.ConditionedTower`; an `hf:` one is built from `tower_config`, its
+        transformers config as a dict). Settings a tower does not use are checked but unused. The constructor's default stays "vit" because models saved
         before the CNN tower existed have no `tower` in their config; `ragcli train focallens` and
         `train_from_data` default to "cnn", which won on the measurements (README)."""
         super().__init__()
@@ -197,14 +149,16 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
         if tower == "cnn":
             self.cnn = FiLMCNN(CNN_WIDTHS, text_dim if conditional else None)
             width = self.cnn.num_features
+        elif tower not in TOWERS:
+            self.encoder = ConditionedTower(build_backbone(tower, image_size, tower_config),
+                                            text_dim if conditional else None, condition_tokens)
+            width = self.encoder.num_features
         else:
             self.vit = VisionTransformer(img_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                                          num_heads=num_heads, mlp_ratio=mlp_ratio, num_classes=0, global_pool="token")
             if conv_stem:
                 self.vit.patch_embed.proj = conv_stem_layers(patch_size, embed_dim)
-            self.condition = (nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, condition_tokens * embed_dim))
-                              if conditional else None)
-            self.condition_pos = nn.Parameter(torch.zeros(1, condition_tokens, embed_dim)) if conditional else None
+            self.condition = ConditionTokens(text_dim, condition_tokens, embed_dim) if conditional else None
             width = embed_dim
         self.proj = nn.Linear(width, text_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / temperature))))  # learned, as in CLIP
@@ -227,12 +181,14 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
         """Unit-norm (B, text_dim) embeddings of normalised pixels under (B, text_dim) instruction embeddings."""
         if self.conditional and instructions is None:
             raise UserError("this FocalLens model is conditional: give an instruction")
+        instructions = instructions if self.conditional else None
         if self.image_tower == "cnn":
-            return F.normalize(self.proj(self.cnn(pixels, instructions if self.conditional else None)), dim=-1)
+            return F.normalize(self.proj(self.cnn(pixels, instructions)), dim=-1)
+        if self.image_tower not in TOWERS:
+            return F.normalize(self.proj(self.encoder(pixels, instructions)), dim=-1)
         x = self.vit.patch_drop(self.vit._pos_embed(self.vit.patch_embed(pixels)))
         if self.conditional:
-            tokens = self.condition(instructions).view(len(x), *self.condition_pos.shape[1:]) + self.condition_pos
-            x = torch.cat([x, tokens.to(x.dtype)], dim=1)  # after the class token, so token pooling is unchanged
+            x = self.condition.append(x, instructions)  # after the class token, so token pooling is unchanged
         x = self.vit.norm(self.vit.blocks(self.vit.norm_pre(x)))
         return F.normalize(self.proj(self.vit.forward_head(x, pre_logits=True)), dim=-1)
 
@@ -300,7 +256,7 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
         model_kwargs.pop("config", None)  # the mixin also passes the raw config.json; its values are already here
         model = cls(**model_kwargs)
         try:
-            load_model(model, weights, strict=True, device=map_location)
+            model.load_state_dict(_current_keys(load_file(weights, device=map_location)), strict=True)
         except RuntimeError as err:
             raise ValueError(f"{SAFETENSORS_SINGLE_FILE} does not fit its config: {error_line(err)}") from None
         return model
@@ -308,6 +264,48 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
     def describe(self) -> dict:
         """What the index manifest records about this encoder."""
         return {"name": self.name, "dim": self.dim, "image_size": self.image_size, "text_encoder": self.text_encoder}
+
+
+def create_focallens(tower: str = "cnn", tower_weights: str | Path | None = None, **settings) -> FocalLens:
+    """A new FocalLens (`settings`: its other constructor arguments). An encoder tower starts from
+    `tower_weights` (a safetensors file or directory, for timm towers) or an `hf:` source's own weights, and
+    normalises pixels as that encoder does; a timm tower without weights starts at random."""
+    if tower in TOWERS:
+        if tower_weights is not None:
+            raise UserError(f"tower weights are for encoder towers (timm:NAME, hf:PATH), not the {tower} tower")
+        return FocalLens(tower=tower, **settings)
+    kind, _ = parse_spec(tower)
+    if kind == "hf" and tower_weights is not None:
+        raise UserError("an hf: tower takes its weights from its own directory; drop the tower weights")
+    pretrained = create_backbone(tower, tower_weights, settings.get("image_size") if kind == "timm" else None)
+    config = pretrained.model.config.to_dict() if kind == "hf" else None
+    mean, std = _normalisation(pretrained)
+    model = FocalLens(tower=tower, tower_config=config, **{"mean": mean, "std": std, **settings})
+    model.encoder.backbone.model.load_state_dict(pretrained.model.state_dict())
+    return model
+
+
+def _normalisation(backbone: TimmBackbone | HFBackbone) -> tuple[list[float], list[float]]:
+    """The (mean, std) an encoder's pixels are normalised with: timm's data config, or the image processor's."""
+    if isinstance(backbone, HFBackbone):
+        return list(backbone.processor.image_mean), list(backbone.processor.image_std)
+    from timm.data import resolve_data_config
+
+    config = resolve_data_config({}, model=backbone.model)
+    return list(config["mean"]), list(config["std"])
+
+
+_RENAMED_KEYS = {"condition.0.": "condition.project.0.", "condition.1.": "condition.project.1.",
+                 "condition_pos": "condition.pos"}  # ViT towers saved before `ConditionTokens`
+
+
+def _current_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A saved state dict with the tensor names of models saved by earlier releases brought up to date."""
+    def rename(key: str) -> str:
+        old = next((old for old in _RENAMED_KEYS if key.startswith(old)), None)
+        return key if old is None else _RENAMED_KEYS[old] + key[len(old):]
+
+    return {rename(key): value for key, value in state.items()}
 
 
 def load_focallens(path: str | Path) -> FocalLens:
@@ -324,7 +322,9 @@ def _check_settings(image_size: int, patch_size: int, embed_dim: int, depth: int
                     text_dim: int, condition_tokens: int, conv_stem: bool, temperature: float, conditional: bool,
                     text_encoder: str, mean: Sequence[float], std: Sequence[float], tower: str = "vit") -> None:
     """Types and ranges of FocalLens's settings (from a caller or a config.json), before any tensor is made."""
-    choice("FocalLens tower", tower, TOWERS)
+    if tower not in TOWERS:
+        text("FocalLens tower", tower, "vit, cnn or an encoder spec")
+        parse_spec(tower)  # a clear error for an unknown encoder
     integer("FocalLens image_size", image_size, 8, MAX_IMAGE_SIZE)
     integer("FocalLens patch_size", patch_size, 1, image_size)
     if tower == "vit" and (image_size % patch_size or (image_size // patch_size) ** 2 > MAX_PATCHES):

@@ -19,19 +19,20 @@ import torch.nn.functional as F
 
 from indexes import metrics
 from indexes.checks import number
-from indexes.errors import UserError
 from indexes.distributed import join, launch_rank, rank_device, writer_dir
+from indexes.errors import UserError
 from indexes.files import check_output
 from indexes.runtime import progress, require_finite_parameters, resolve_device, seed_everything
 from indexes.text_encoder import DEFAULT_TEXT_ENCODER
+from vision.augment import allowed_table, augment
 from vision.datasets import check_memory
-from vision.focallens import FocalLens, text_tower
+from vision.focallens import FocalLens, create_focallens, text_tower
 from vision.synthetic import ConditionalSet, load_split
 
 
 @dataclass
 class TrainSettings:
-    epochs: int = 16
+    epochs: int = 32  # digits: validation mAP@R 0.947 at 16, 0.964 at 32 (README)
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -40,6 +41,7 @@ class TrainSettings:
     device: str = "auto"
     valid_fraction: float = 0.0  # held out of the training images for early stopping (0: none)
     patience: int = 3  # epochs without a better validation mAP@R before stopping (with valid_fraction)
+    augment: bool = False  # condition-aware augmentation (vision.augment)
 
 
 @dataclass
@@ -114,6 +116,9 @@ def train_focallens(model: FocalLens, data: ConditionalSet, settings: TrainSetti
     warmup = max(1, int(settings.warmup * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, warmup))
     generator = torch.Generator().manual_seed(settings.seed)
+    augmenter = torch.Generator().manual_seed(settings.seed + 1)  # its own stream: the batches stay the same
+    allowed = (allowed_table(list(data.phrasings), [data.labels[f].unique().cast(str) for f in data.phrasings])
+               if settings.augment else None)
     n_factors, n_phrasings = targets.instructions.shape
     history, started = [], time.perf_counter()
     stopper = EarlyStopping(model, valid, settings.patience, device)
@@ -124,7 +129,8 @@ def train_focallens(model: FocalLens, data: ConditionalSet, settings: TrainSetti
         losses = []
         for rows, f, p in zip(order, factor, phrasing):
             # under torchrun each rank embeds its share; the loss is over the whole batch on every rank
-            pixels = model.normalize(images[ranks.share(rows)].to(device))
+            batch_images = images[rows] if allowed is None else augment(images[rows], allowed[f], augmenter)
+            pixels = model.normalize(ranks.share(batch_images).to(device))
             condition = targets.instruction_emb[targets.instructions[ranks.share(f), ranks.share(p)].to(device)]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
                 emb = ranks.gather(net(pixels, condition).float())
@@ -203,17 +209,19 @@ def save_model(model: FocalLens, out: str | Path, overwrite: bool = False) -> Pa
     return Path(out)
 
 
-def train_from_data(data: str | Path, out: str | Path, unconditional: bool = False, epochs: int = 16,
+def train_from_data(data: str | Path, out: str | Path, unconditional: bool = False, epochs: int = 32,
                     batch_size: int = 64, lr: float = 2e-3, image_size: int = 32, text_encoder: str | None = None,
                     device: str = "auto", seed: int = 0, overwrite: bool = False,
-                    attributes: Sequence[str] | None = None, tower: str = "cnn", valid_fraction: float = 0.0,
-                    patience: int = 3, **vit: int) -> dict:
+                    attributes: Sequence[str] | None = None, tower: str = "cnn", tower_weights: str | Path | None = None,
+                    valid_fraction: float = 0.0, patience: int = 3, augment: bool = False, **vit: int) -> dict:
     """Train FocalLens (or the unconditional baseline) on `data`'s train split and save it to `out`
     (replacing a model ragcli wrote there only with `overwrite`).
 
     `attributes`: the factors to train on (e.g. CelebA's Smiling, Eyeglasses); None: all of them.
-    `tower`: the image tower, "vit" or "cnn" (FiLM-conditioned). `valid_fraction` > 0 holds that share of
+    `tower`: the image tower, "vit", "cnn" (FiLM-conditioned) or an encoder spec (timm:NAME, a registered
+    backbone, hf:PATH), which starts from `tower_weights` (timm) or the hf: directory's weights. `valid_fraction` > 0 holds that share of
     the training images out and stops early on its mAP@R (`patience` epochs), keeping the best epoch.
+    `augment`: condition-aware augmentation (`vision.augment`).
     `vit`: patch_size, embed_dim, depth, num_heads of the ViT."""
     if launch_rank() == 0:
         check_output(out, overwrite, "model directory")
@@ -221,9 +229,9 @@ def train_from_data(data: str | Path, out: str | Path, unconditional: bool = Fal
     text_encoder = text_encoder or DEFAULT_TEXT_ENCODER
     text_dim = text_tower(text_encoder).dim
     seed_everything(seed)  # the initial weights too
-    model = FocalLens(image_size=image_size, text_dim=text_dim, conditional=not unconditional,
-                      text_encoder=text_encoder, tower=tower, **vit)
+    model = create_focallens(tower, tower_weights, image_size=image_size, text_dim=text_dim,
+                             conditional=not unconditional, text_encoder=text_encoder, **vit)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                             valid_fraction=valid_fraction, patience=patience)
+                             valid_fraction=valid_fraction, patience=patience, augment=augment)
     log = train_focallens(model, train, settings)
     return {**log, "path": str(save_model(model, out, overwrite))}
