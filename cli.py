@@ -475,15 +475,27 @@ def data_stats_command(path: str, fmt: str, as_json: bool) -> None:
               help="forward: how many earlier years to tune on.")
 @click.option("--finetune-epochs", type=click.IntRange(0, 100), default=0, show_default=True,
               help="forward, dense / hybrid: fine-tune the encoder per test year on the years before its tuning years.")
+@click.option("--rerank-epochs", type=click.IntRange(0, 100), default=0, show_default=True,
+              help="forward: train a MiniLM cross-encoder per test year on the years before its tuning years and "
+                   "re-rank the first stage's candidates with it (set cut at a tuned probability).")
+@click.option("--rerank-negatives", type=click.IntRange(1, 1000), default=7, show_default=True,
+              help="forward: hard negatives per question for the cross-encoder (best non-gold BM25 / dense articles).")
+@click.option("--rerank-candidates", type=click.IntRange(1, 10_000), default=50, show_default=True,
+              help="forward: most candidates re-ranked (fewer where the tuning years reach Recall@N 0.95).")
+@click.option("--rerank-once", is_flag=True,
+              help="forward: train the cross-encoder for the first test year only and keep it for the later ones.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @json_option
 def eval_coliee(years: str, valid_years: str | None, protocol: str, tune_years: int, finetune_epochs: int,
+                rerank_epochs: int, rerank_negatives: int, rerank_candidates: int, rerank_once: bool,
                 as_json: bool, **options: Any) -> None:
     """Macro SetP / SetR / SetF2 of the selected article sets (as COLIEE scores them), R@K and AP."""
     from retrieval.coliee import parse_years
 
     if finetune_epochs and protocol != "forward":
         raise UserError("--finetune-epochs belongs to --protocol forward (else: train bi-encoder, then --encoder DIR)")
+    if rerank_epochs and protocol != "forward":
+        raise UserError("--rerank-epochs belongs to --protocol forward")
     if protocol == "forward":
         from retrieval.protocol import forward_evaluate
 
@@ -492,7 +504,9 @@ def eval_coliee(years: str, valid_years: str | None, protocol: str, tune_years: 
         if ignored:
             raise UserError(f"--protocol forward chooses its own tuning years; drop {', '.join(ignored)}")
         result = forward_evaluate(options["data_dir"], parse_years(years), options["model"], tune_years,
-                                  options["encoder"], options["device"], finetune_epochs, fusion=options["fusion"])
+                                  options["encoder"], options["device"], finetune_epochs, fusion=options["fusion"],
+                                  rerank_epochs=rerank_epochs, rerank_negatives=rerank_negatives,
+                                  rerank_once=rerank_once, rerank_candidates=rerank_candidates)
         emit(result, as_json, _format_forward)
         return
     from retrieval.evaluate import evaluate_coliee
@@ -510,10 +524,24 @@ def _format_forward(result: dict[str, Any]) -> str:
         return (f"{name:<8} {f2:.4f} [{low:.3f}, {high:.3f}]  BM25 {bm25:.4f}  "
                 f"gain {r['gain_over_bm25']:+.4f} [{gain_low:+.3f}, {gain_high:+.3f}]")
 
-    years = [row(r["year"], r) + f"  (tuned on {','.join(r['tuned_on'])}, ratio {r['ratio']:.2f})"
-             for r in result["years"]]
+    def reranked(r: dict[str, Any]) -> list[str]:
+        if "gain_over_first_stage" not in r:
+            return []
+        low, high = r["gain_over_first_stage_interval"]
+        line = (f"{'':<8} first stage {r['first_stage_SetF2']:.4f}, re-ranker gain {r['gain_over_first_stage']:+.4f} "
+                f"[{low:+.3f}, {high:+.3f}]")
+        if "rerank" in r:
+            s = r["rerank"]
+            line += (f"  N {s['candidates']} (R@N tune {s['tune_recall']:.3f}, test {s['test_recall']:.3f}), "
+                     f"threshold {s['threshold']:.2f}, trained on {s['trained_on'][0]}..{s['trained_on'][-1]} "
+                     f"({s['pairs']} pairs, {s['train_seconds']:.0f} s)")
+        return [line]
+
+    years = [line for r in result["years"] for line in
+             [row(r["year"], r) + f"  (tuned on {','.join(r['tuned_on'])}, ratio {r['ratio']:.2f})", *reranked(r)]]
     return "\n".join([f"{result['model']}, forward protocol (macro SetF2, 95% bootstrap intervals):", *years,
-                      row("pooled", result["pooled"]) + f"  (mean of years {result['pooled']['mean_year_SetF2']:.4f})"])
+                      row("pooled", result["pooled"]) + f"  (mean of years {result['pooled']['mean_year_SetF2']:.4f})",
+                      *reranked(result["pooled"])])
 
 
 def _format_coliee(result: dict[str, Any]) -> str:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from indexes.errors import UserError
 
@@ -38,24 +39,32 @@ def open_text_encoder(name: str | None = None, device: str = "cpu"):
     """A fresh sentence-transformers model. A name that is neither a model folder nor a reachable (or,
     offline, cached) hub model, or a broken model folder, is one UserError naming it, with the
     libraries' own warnings kept off the terminal."""
-    from safetensors import SafetensorError
     from sentence_transformers import SentenceTransformer
+
+    return open_model(SentenceTransformer, name, "sentence encoder", device)
+
+
+def open_model(factory: Callable[..., Any], name: str | None, what: str, device: str = "cpu", **kwargs: Any) -> Any:
+    """`factory(source, device=device, **kwargs)` for a sentence-transformers model class (SentenceTransformer,
+    CrossEncoder) on `name` (default all-MiniLM-L6-v2): a path is never sent to the hub, and a missing or
+    broken model is one UserError naming it (`what` says what it should have been)."""
+    from safetensors import SafetensorError
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the weight-loading bar is noise on every CLI call
     if not isinstance(name, (str, type(None))) or (name is not None and not name.strip()):
-        raise UserError(f"sentence encoder name must be a non-empty string, got {name!r}")
+        raise UserError(f"{what} name must be a non-empty string, got {name!r}")
     source = text_encoder_path(name)
     if source.startswith((".", "/", "~")):  # a path, never a hub id
         source = str(Path(source).expanduser())
         if not Path(source).is_dir():
-            raise UserError(f"cannot load sentence encoder {name!r}: no such folder")
+            raise UserError(f"cannot load {what} {name!r}: no such folder")
     try:
         with _quiet("sentence_transformers", "transformers", "huggingface_hub"):
-            return SentenceTransformer(source, device=device)
+            return factory(source, device=device, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
         reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot load sentence encoder {name or DEFAULT_TEXT_ENCODER!r}: {reason}") from None
+        raise UserError(f"cannot load {what} {name or DEFAULT_TEXT_ENCODER!r}: {reason}") from None
 
 
 @contextlib.contextmanager

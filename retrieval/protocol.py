@@ -18,11 +18,13 @@ import numpy as np
 from indexes.errors import UserError
 from indexes.metrics import bootstrap_interval, set_precision_recall_fbeta
 from retrieval.base import Retriever, checked_scores
-from retrieval.coliee import Coliee, Query, load_coliee
+from retrieval.coliee import Article, Coliee, Query, load_coliee
 from retrieval.evaluate import coliee_metrics, make_retriever, tune_on
 from retrieval.finetune import finetune_encoder, question_article_pairs
 from retrieval.fusion import HybridRetriever
-from retrieval.selection import select
+from retrieval.rerank import (DEFAULT_NEGATIVES, MAX_CANDIDATES, MemoCrossEncoder, labelled_pairs, open_cross_encoder,
+                              recall_at, rerank, train_cross_encoder, tune_reranker)
+from retrieval.selection import select, select_by_probability
 
 DEFAULT_TUNE_YEARS = 3
 
@@ -48,14 +50,37 @@ def score_year(retriever: Retriever, tune: Sequence[Query], test: Sequence[Query
             "f2": set_precision_recall_fbeta(selected, gold, beta=2.0)[2].tolist()}
 
 
+def rerank_year(system: Retriever, cross_encoder: Any, tune: Sequence[Query], test: Sequence[Query],
+                articles: Sequence[Article], cap: int = MAX_CANDIDATES) -> dict[str, Any]:
+    """Tune `system` (the first stage) on `tune`, then the re-ranker's candidate count and probability
+    threshold on the same questions; score `test`: metrics, per-question F2, and the settings."""
+    if {q.year for q in tune} & {q.year for q in test}:
+        raise ValueError("a test year is among the tuning years")
+    tune_on(system, tune)
+    settings = tune_reranker(cross_encoder, checked_scores(system, [q.text for q in tune]), tune, articles, cap=cap)
+    first_stage, gold = checked_scores(system, [q.text for q in test]), [q.gold for q in test]
+    reranked = rerank(cross_encoder, [q.text for q in test], [a.search_text for a in articles], first_stage,
+                      settings["candidates"])
+    ids = system.article_ids
+    selected = select_by_probability(reranked.probabilities, np.asarray(ids, dtype=object)[reranked.columns],
+                                     settings["threshold"])
+    return {**settings, "test_recall": recall_at(first_stage, ids, gold, settings["candidates"]),
+            "metrics": coliee_metrics(reranked.scores, ids, gold, selected),
+            "f2": set_precision_recall_fbeta(selected, gold, beta=2.0)[2].tolist()}
+
+
 def forward_evaluate(data_dir: Path | None, years: Sequence[str], model: str = "hybrid",
                      tune_years: int = DEFAULT_TUNE_YEARS, encoder: str | None = None, device: str = "auto",
                      finetune_epochs: int = 0, seed: int = 0, data: Coliee | None = None,
-                     fusion: str = "wsum") -> dict[str, Any]:
+                     fusion: str = "wsum", rerank_epochs: int = 0, rerank_negatives: int = DEFAULT_NEGATIVES,
+                     rerank_once: bool = False, rerank_candidates: int = MAX_CANDIDATES) -> dict[str, Any]:
     """Score each of `years` under the forward protocol, with `model` (bm25 | dense | hybrid) and BM25
     beside it; per year and pooled: macro F2 (`SetF2`) with a 95% bootstrap interval, and the paired interval of
     the difference to BM25. With `finetune_epochs`, each test year gets its own encoder, fine-tuned on
-    the years before its tuning years."""
+    the years before its tuning years. With `rerank_epochs`, a cross-encoder trained on those same years
+    re-ranks the first stage's best candidates (at most `rerank_candidates`) and picks the set by
+    probability; `rerank_once` trains one for the first test year and keeps it for the later ones (their
+    allowed training years include its own), a third of the CPU time."""
     data = data or load_coliee(data_dir)
     missing = [y for y in years if y not in data.years]
     if missing:
@@ -64,24 +89,62 @@ def forward_evaluate(data_dir: Path | None, years: Sequence[str], model: str = "
         raise UserError(f"--protocol forward scores bm25, dense or hybrid (fine-tuning: dense or hybrid), got {model!r}")
     baseline = make_retriever("bm25", data.articles)
     fixed = None if finetune_epochs else make_retriever(model, data.articles, encoder, device=device, fusion=fusion)
-    rows = []
-    for year in years:
-        tune = tuning_years(data.years, year, tune_years)
-        with tempfile.TemporaryDirectory() as scratch:
-            system, trained_on = fixed, []
-            if finetune_epochs:
-                trained_on = data.years[: data.years.index(tune[0])]
-                system = make_retriever(model, data.articles, _finetuned(data, trained_on, Path(scratch), encoder,
-                                                                         finetune_epochs, device, seed),
-                                        device=device, fusion=fusion)
-            tune_queries, test = data.queries(tune), data.queries([year])
-            ours, bm25 = score_year(system, tune_queries, test), score_year(baseline, tune_queries, test)
-        rows.append({"year": year, "tuned_on": tune, **({"trained_on": trained_on} if finetune_epochs else {}),
-                     "queries": len(test), **ours, "bm25_SetF2": bm25["metrics"]["SetF2"], "bm25_f2": bm25["f2"]})
+    rows, kept = [], None  # kept: (training years, cross-encoder) under rerank_once
+    with tempfile.TemporaryDirectory() as keep_dir:
+        for year in years:
+            tune = tuning_years(data.years, year, tune_years)
+            trained_on = data.years[: data.years.index(tune[0])]
+            if {year, *tune} & set(trained_on):
+                raise ValueError("a tuning or test year is among the training years")
+            with tempfile.TemporaryDirectory() as scratch:
+                system = fixed
+                if finetune_epochs:
+                    system = make_retriever(model, data.articles, _finetuned(data, trained_on, Path(scratch), encoder,
+                                                                             finetune_epochs, device, seed),
+                                            device=device, fusion=fusion)
+                tune_queries, test = data.queries(tune), data.queries([year])
+                ours, bm25 = score_year(system, tune_queries, test), score_year(baseline, tune_queries, test)
+                row = {"year": year, "tuned_on": tune,
+                       **({"trained_on": trained_on} if finetune_epochs or rerank_epochs else {}),
+                       "queries": len(test), **ours, "bm25_SetF2": bm25["metrics"]["SetF2"], "bm25_f2": bm25["f2"]}
+                if rerank_epochs:
+                    if kept is None or not rerank_once:
+                        trained = _cross_encoder(data, system, baseline, trained_on,
+                                                 Path(keep_dir if rerank_once else scratch) / year, encoder,
+                                                 rerank_epochs, rerank_negatives, device, seed)
+                        kept = (trained_on, MemoCrossEncoder(open_cross_encoder(trained["out"], device)), trained)
+                    reranker_years, cross_encoder, trained = kept
+                    if {year, *tune} & set(reranker_years):
+                        raise ValueError("a tuning or test year is among the cross-encoder's training years")
+                    reranked = rerank_year(system, cross_encoder, tune_queries, test, data.articles, rerank_candidates)
+                    row = {**row, "first_stage": {k: ours[k] for k in ("ratio", "weights", "metrics") if k in ours},
+                           "first_stage_f2": ours["f2"], "metrics": reranked["metrics"], "f2": reranked["f2"],
+                           "rerank": {"trained_on": reranker_years, "pairs": trained["pairs"],
+                                      "train_seconds": trained["train_seconds"],
+                                      **{k: v for k, v in reranked.items() if k not in ("metrics", "f2")}}}
+            rows.append(row)
     name = system.name + (" (rrf)" if fusion == "rrf" else "") + (
-        f" (encoder fine-tuned {finetune_epochs} epochs per year)" if finetune_epochs else "")
+        f" (encoder fine-tuned {finetune_epochs} epochs per year)" if finetune_epochs else "") + (
+        f" + cross-encoder re-rank ({rerank_epochs} epochs, {rerank_negatives} negatives, "
+        f"{'trained once' if rerank_once else 'trained per year'})" if rerank_epochs else "")
     return {"model": name, "protocol": "forward", "tune_years": tune_years,
             "years": [_summary(row) for row in rows], "pooled": _pooled(rows)}
+
+
+def _cross_encoder(data: Coliee, system: Retriever, baseline: Retriever, years: Sequence[str], out: Path,
+                   encoder: str | None, epochs: int, negatives: int, device: str, seed: int) -> dict[str, Any]:
+    """A cross-encoder trained on the questions of `years` (saved in `out`), its hard negatives the best
+    non-gold articles of BM25 and of the first stage's dense part (the system itself when it has none)."""
+    if not years:
+        raise UserError("no exam year before the tuning years to train the cross-encoder on; test a later year "
+                        "or tune on fewer years (--tune-years)")
+    queries = data.queries(years)
+    texts = [q.text for q in queries]
+    sources = [r for r in (system.retrievers if isinstance(system, HybridRetriever) else [system])
+               if r.name != "bm25"]
+    matrices = [checked_scores(r, texts) for r in [baseline, *sources]]
+    return train_cross_encoder(encoder, labelled_pairs(data.articles, queries, matrices, negatives), out,
+                               epochs=epochs, device=device, seed=seed)
 
 
 def _finetuned(data: Coliee, years: Sequence[str], scratch: Path, encoder: str | None, epochs: int, device: str,
@@ -99,15 +162,26 @@ def _finetuned(data: Coliee, years: Sequence[str], scratch: Path, encoder: str |
 def _summary(row: dict[str, Any]) -> dict[str, Any]:
     """A year's row without the per-question lists, plus its intervals."""
     f2, bm25 = row["f2"], row["bm25_f2"]
-    return {**{k: v for k, v in row.items() if k not in ("f2", "bm25_f2")},
+    return {**{k: v for k, v in row.items() if k not in ("f2", "bm25_f2", "first_stage_f2")},
             "SetF2_interval": bootstrap_interval(f2), "gain_over_bm25": float(np.mean(f2) - np.mean(bm25)),
-            "gain_interval": bootstrap_interval(f2, bm25)}
+            "gain_interval": bootstrap_interval(f2, bm25), **_over_first_stage(f2, row.get("first_stage_f2"))}
 
 
 def _pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Every test question of every year together; also the mean of the years' macro F2."""
     f2 = [v for row in rows for v in row["f2"]]
     bm25 = [v for row in rows for v in row["bm25_f2"]]
+    first = [v for row in rows for v in row["first_stage_f2"]] if all("first_stage_f2" in r for r in rows) else None
     return {"queries": len(f2), "mean_year_SetF2": float(np.mean([row["metrics"]["SetF2"] for row in rows])),
             "SetF2": float(np.mean(f2)), "SetF2_interval": bootstrap_interval(f2), "bm25_SetF2": float(np.mean(bm25)),
-            "gain_over_bm25": float(np.mean(f2) - np.mean(bm25)), "gain_interval": bootstrap_interval(f2, bm25)}
+            "gain_over_bm25": float(np.mean(f2) - np.mean(bm25)), "gain_interval": bootstrap_interval(f2, bm25),
+            **({"mean_year_first_stage_SetF2": float(np.mean([r["first_stage"]["metrics"]["SetF2"] for r in rows]))}
+               if first else {}), **_over_first_stage(f2, first)}
+
+
+def _over_first_stage(f2: Sequence[float], first: Sequence[float] | None) -> dict[str, Any]:
+    """With a re-ranker: the first stage's F2 and the paired interval of the re-ranker's gain over it."""
+    if first is None:
+        return {}
+    return {"first_stage_SetF2": float(np.mean(first)), "gain_over_first_stage": float(np.mean(f2) - np.mean(first)),
+            "gain_over_first_stage_interval": bootstrap_interval(f2, first)}
