@@ -464,6 +464,10 @@ def data_stats_command(path: str, fmt: str, as_json: bool) -> None:
 @click.option("--rerank", type=click.Path(path_type=Path), help="hybrid: also fuse this trained model's scores.")
 @click.option("--fusion", type=click.Choice(["wsum", "rrf"]), default="wsum", show_default=True,
               help="hybrid: weighted sum of normalised scores (weights tuned) or reciprocal-rank fusion (ranx).")
+@click.option("--paper-rerank", is_flag=True,
+              help="--model DIR as its paper runs it: re-rank BM25's top --paper-top-n by alpha * p + (1 - alpha) * BM25; answer the best article.")
+@click.option("--paper-top-n", type=click.IntRange(1, 1000), default=10, show_default=True, help="--paper-rerank: BM25 candidates.")
+@click.option("--paper-alpha", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="--paper-rerank: weight of the model's probability.")
 @click.option("--run", type=click.Path(path_type=Path), help="Write a COLIEE/TREC run file: QID Q0 ARTICLE RANK SCORE RUNID.")
 @click.option("--run-id", help="RUNID column of the run file. Default: the model name.")
 @click.option("--save-hybrid", type=click.Path(path_type=Path),
@@ -488,9 +492,12 @@ def data_stats_command(path: str, fmt: str, as_json: bool) -> None:
 @json_option
 def eval_coliee(years: str, valid_years: str | None, protocol: str, tune_years: int, finetune_epochs: int,
                 rerank_epochs: int, rerank_negatives: int, rerank_candidates: int, rerank_once: bool,
-                as_json: bool, **options: Any) -> None:
+                paper_rerank: bool, paper_top_n: int, paper_alpha: float, as_json: bool, **options: Any) -> None:
     """Macro SetP / SetR / SetF2 of the selected article sets (as COLIEE scores them), R@K and AP."""
     from retrieval.coliee import parse_years
+
+    if paper_rerank and protocol == "forward":
+        raise UserError("--paper-rerank scores one trained model as its paper does; it belongs to --protocol single")
 
     if finetune_epochs and protocol != "forward":
         raise UserError("--finetune-epochs belongs to --protocol forward (else: train bi-encoder, then --encoder DIR)")
@@ -512,7 +519,8 @@ def eval_coliee(years: str, valid_years: str | None, protocol: str, tune_years: 
     from retrieval.evaluate import evaluate_coliee
 
     valid = parse_years(valid_years) if valid_years is not None else ()  # `--valid-years ''` is an error
-    result = evaluate_coliee(years=parse_years(years), valid_years=valid, **options)
+    result = evaluate_coliee(years=parse_years(years), valid_years=valid,
+                             paper=(paper_top_n, paper_alpha) if paper_rerank else None, **options)
     emit(result, as_json, _format_coliee)
 
 

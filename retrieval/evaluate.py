@@ -21,7 +21,7 @@ from retrieval.base import Retriever, checked_scores, ranked_ids
 from retrieval.bm25 import BM25Retriever
 from retrieval.coliee import Article, Query, load_coliee
 from retrieval.dense import DenseRetriever
-from retrieval.fusion import HybridRetriever, tune_weights
+from retrieval.fusion import HybridRetriever, PaperRerank, tune_weights
 from retrieval.selection import DEFAULT_RATIO, select, tune_ratio
 
 RECALL_KS = (1, 5, 10, 20, 50)
@@ -59,11 +59,14 @@ def write_coliee_qrels(data_dir: Path | None, years: Sequence[str], out: Path, t
 
 
 def make_retriever(model: str, articles: Sequence[Article], encoder: str | None = None,
-                   rerank: Path | None = None, device: str = "auto", fusion: str = "wsum") -> Retriever:
+                   rerank: Path | None = None, device: str = "auto", fusion: str = "wsum",
+                   paper: tuple[int, float] | None = None) -> Retriever:
     """bm25 | dense | hybrid (BM25 + dense, + the `rerank` model's scores, fused by `fusion`) | a trained
-    model directory."""
+    model directory (with `paper` = (top_n, alpha): re-ranking BM25's top_n as its paper does)."""
     texts, ids = [a.search_text for a in articles], [a.id for a in articles]
     device = resolve_device(device)
+    if paper is not None and model in BUILTIN_MODELS:
+        raise UserError("--paper-rerank re-ranks with a trained model: give --model DIR")
     if model == "hybrid":
         parts = [_builtin(name, texts, ids, encoder, device) for name in ("bm25", "dense")]
         return HybridRetriever(parts + ([_trained(rerank, articles, device)] if rerank else []), fusion=fusion)
@@ -71,7 +74,8 @@ def make_retriever(model: str, articles: Sequence[Article], encoder: str | None 
         raise UserError("--rerank and --fusion apply to --model hybrid")
     if model in BUILTIN_MODELS:
         return _builtin(model, texts, ids, encoder, device)
-    return _trained(Path(model), articles, device)
+    trained = _trained(Path(model), articles, device)
+    return trained if paper is None else PaperRerank(_builtin("bm25", texts, ids, None, device), trained, *paper)
 
 
 def _builtin(model: str, texts: list[str], ids: list[str], encoder: str | None, device: str) -> Retriever:
@@ -102,10 +106,13 @@ def tune_on(retriever: Retriever, queries: Sequence[Query]) -> float:
 def evaluate_coliee(data_dir: Path | None, years: Sequence[str], model: str = "hybrid",
                     valid_years: Sequence[str] = (), encoder: str | None = None, rerank: Path | None = None,
                     device: str = "auto", run: Path | None = None, run_id: str | None = None,
-                    save_hybrid: Path | None = None, overwrite: bool = False, fusion: str = "wsum") -> dict[str, Any]:
+                    save_hybrid: Path | None = None, overwrite: bool = False, fusion: str = "wsum",
+                    paper: tuple[int, float] | None = None) -> dict[str, Any]:
     """Score the queries of `years`, tuning on `valid_years` if given (else the 0.9 ratio and equal
     weights); optionally write the run file, and save the (tuned) hybrid's recipe for
-    `index build --hybrid`. Returns the settings and the metrics."""
+    `index build --hybrid`. `paper` = (top_n, alpha): a trained model as its paper runs it (`PaperRerank`:
+    BM25's top_n re-ranked, the single best article answered, nothing tuned). Returns the settings and
+    the metrics."""
     if run is not None:  # before any work: a writable regular file, and a run id that is one word
         writable_file(run)
         trec_lines([], [], run_id or "check")
@@ -116,8 +123,11 @@ def evaluate_coliee(data_dir: Path | None, years: Sequence[str], model: str = "h
     data = load_coliee(data_dir)
     test = data.queries(years)
     valid = data.queries(valid_years) if valid_years else []
-    retriever = make_retriever(model, data.articles, encoder, rerank, device, fusion)
-    ratio = tune_on(retriever, valid) if valid else DEFAULT_RATIO
+    retriever = make_retriever(model, data.articles, encoder, rerank, device, fusion, paper)
+    if isinstance(retriever, PaperRerank):
+        ratio = PaperRerank.RATIO
+    else:
+        ratio = tune_on(retriever, valid) if valid else DEFAULT_RATIO
     if save_hybrid is not None:
         retriever.ratio = ratio
         with atomic_dir(save_hybrid, "model", overwrite) as tmp:

@@ -18,7 +18,7 @@ import numpy as np
 from indexes import checks
 from indexes.errors import UserError
 from indexes.files import read_json
-from retrieval.base import Retriever, checked_scores
+from retrieval.base import Retriever, checked_scores, top_k
 from retrieval.selection import DEFAULT_RATIO
 
 CONFIG_FILE = "config.json"
@@ -29,6 +29,42 @@ def normalize(scores: np.ndarray) -> np.ndarray:
     low = scores.min(axis=1, keepdims=True)
     span = scores.max(axis=1, keepdims=True) - low
     return np.divide(scores - low, span, out=np.zeros_like(scores, dtype=np.float32), where=span > 0)
+
+
+def candidates_on_top(first_stage: np.ndarray, columns: np.ndarray, candidate_scores: np.ndarray) -> np.ndarray:
+    """A full (queries, articles) score matrix for a re-ranking: each query's candidate `columns` carry
+    `candidate_scores`, and every other article sits below all of them in the first stage's order, so
+    ranking metrics over the whole corpus stay meaningful."""
+    below = candidate_scores.min(axis=1, keepdims=True) - 2 + normalize(first_stage).astype(np.float64)
+    np.put_along_axis(below, columns, candidate_scores, axis=1)
+    return below
+
+
+class PaperRerank:
+    """A trained model as its paper runs it (Paraformer's evaluation, Nguyen et al. 2022): BM25's `top_n`
+    articles re-scored by `alpha * p + (1 - alpha) * BM25 score`, everything else below them. `p` is the
+    model's probability over those candidates (a softmax of its scores: ragcli trains listwise). The
+    paper answers with the single best article (`RATIO` 1.0)."""
+
+    RATIO = 1.0
+
+    def __init__(self, bm25: Retriever, model: Retriever, top_n: int = 10, alpha: float = 0.1) -> None:
+        checks.integer("--paper-top-n", top_n, 1, 1000)
+        checks.number("--paper-alpha", alpha, 0, 1)
+        if list(bm25.article_ids) != list(model.article_ids):
+            raise UserError("the model and BM25 must score the same articles in the same order")
+        self.bm25, self.model, self.top_n, self.alpha = bm25, model, top_n, alpha
+        self.article_ids = list(bm25.article_ids)
+        self.name = f"{model.name}-paper-bm25top{top_n}-alpha{alpha:g}"  # one word: it is a run file's id
+
+    def scores(self, queries: Sequence[str]) -> np.ndarray:
+        lexical = checked_scores(self.bm25, queries).astype(np.float64)
+        columns = top_k(lexical, self.top_n)
+        neural = np.take_along_axis(checked_scores(self.model, queries).astype(np.float64), columns, axis=1)
+        probability = np.exp(neural - neural.max(axis=1, keepdims=True))
+        probability /= probability.sum(axis=1, keepdims=True)
+        combined = self.alpha * probability + (1 - self.alpha) * np.take_along_axis(lexical, columns, axis=1)
+        return candidates_on_top(lexical, columns, combined)
 
 
 def fuse(matrices: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:

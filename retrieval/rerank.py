@@ -30,7 +30,7 @@ from indexes.text_encoder import DEFAULT_TEXT_ENCODER, open_model
 from retrieval.base import ranked_ids, top_k
 from retrieval.checks import MAX_EPOCHS, MAX_NEGATIVES, MAX_RANK
 from retrieval.coliee import Article, Query
-from retrieval.fusion import normalize
+from retrieval.fusion import candidates_on_top
 from retrieval.selection import tune_threshold
 
 TRAINING_FILE = "training.json"
@@ -162,9 +162,7 @@ def rerank(model: Any, questions: Sequence[str], article_texts: Sequence[str], f
                         dtype=np.float64).reshape(columns.shape)
     order = np.argsort(-logits, axis=1, kind="stable")
     columns, logits = np.take_along_axis(columns, order, axis=1), np.take_along_axis(logits, order, axis=1)
-    scores = logits[:, -1:] - 2 + normalize(first_stage).astype(np.float64)  # in [min - 2, min - 1]
-    np.put_along_axis(scores, columns, logits, axis=1)
-    return Reranked(columns, 1 / (1 + np.exp(-logits)), scores)
+    return Reranked(columns, 1 / (1 + np.exp(-logits)), candidates_on_top(first_stage, columns, logits))
 
 
 def recall_at(scores: np.ndarray, article_ids: Sequence[str], gold: Sequence[Sequence[str]], k: int) -> float:
