@@ -144,4 +144,3 @@ def evaluate_coliee(data_dir: Path | None, years: Sequence[str], model: str = "h
         **({"run": str(run)} if run is not None else {}),
         **({"hybrid": str(save_hybrid)} if save_hybrid is not None else {}),
     }
-

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
 from indexes import checks
 from indexes.errors import UserError
@@ -61,9 +62,7 @@ class PaperRerank:
         lexical = checked_scores(self.bm25, queries).astype(np.float64)
         columns = top_k(lexical, self.top_n)
         neural = np.take_along_axis(checked_scores(self.model, queries).astype(np.float64), columns, axis=1)
-        probability = np.exp(neural - neural.max(axis=1, keepdims=True))
-        probability /= probability.sum(axis=1, keepdims=True)
-        combined = self.alpha * probability + (1 - self.alpha) * np.take_along_axis(lexical, columns, axis=1)
+        combined = self.alpha * softmax(neural, axis=1) + (1 - self.alpha) * np.take_along_axis(lexical, columns, axis=1)
         return candidates_on_top(lexical, columns, combined)
 
 

@@ -44,19 +44,24 @@ def score_year(retriever: Retriever, tune: Sequence[Query], test: Sequence[Query
     ratio = tune_on(retriever, tune)
     scores = checked_scores(retriever, [q.text for q in test])
     selected = select(scores, retriever.article_ids, ratio)
-    gold = [q.gold for q in test]
     return {"ratio": ratio, **(retriever.settings() if isinstance(retriever, HybridRetriever) else {}),
-            "metrics": coliee_metrics(scores, retriever.article_ids, gold, selected),
+            **_scored(scores, retriever.article_ids, [q.gold for q in test], selected)}
+
+
+def _scored(scores: np.ndarray, article_ids: Sequence[str], gold: Sequence[Sequence[str]],
+            selected: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """A test year's metrics, and its per-question F2 for the bootstrap."""
+    return {"metrics": coliee_metrics(scores, article_ids, gold, selected),
             "f2": set_precision_recall_fbeta(selected, gold, beta=2.0)[2].tolist()}
 
 
 def rerank_year(system: Retriever, cross_encoder: Any, tune: Sequence[Query], test: Sequence[Query],
                 articles: Sequence[Article], cap: int = MAX_CANDIDATES) -> dict[str, Any]:
-    """Tune `system` (the first stage) on `tune`, then the re-ranker's candidate count and probability
-    threshold on the same questions; score `test`: metrics, per-question F2, and the settings."""
+    """Tune the re-ranker's candidate count and probability threshold on `tune`, over the first stage
+    `system` (already tuned on the same questions by `score_year`); score `test`: metrics, per-question F2,
+    and the settings."""
     if {q.year for q in tune} & {q.year for q in test}:
         raise ValueError("a test year is among the tuning years")
-    tune_on(system, tune)
     settings = tune_reranker(cross_encoder, checked_scores(system, [q.text for q in tune]), tune, articles, cap=cap)
     first_stage, gold = checked_scores(system, [q.text for q in test]), [q.gold for q in test]
     reranked = rerank(cross_encoder, [q.text for q in test], [a.search_text for a in articles], first_stage,
@@ -65,8 +70,7 @@ def rerank_year(system: Retriever, cross_encoder: Any, tune: Sequence[Query], te
     selected = select_by_probability(reranked.probabilities, np.asarray(ids, dtype=object)[reranked.columns],
                                      settings["threshold"])
     return {**settings, "test_recall": recall_at(first_stage, ids, gold, settings["candidates"]),
-            "metrics": coliee_metrics(reranked.scores, ids, gold, selected),
-            "f2": set_precision_recall_fbeta(selected, gold, beta=2.0)[2].tolist()}
+            **_scored(reranked.scores, ids, gold, selected)}
 
 
 def forward_evaluate(data_dir: Path | None, years: Sequence[str], model: str = "hybrid",

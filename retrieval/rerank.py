@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 
 from indexes.checks import integer, number
 from indexes.errors import UserError
@@ -162,7 +163,7 @@ def rerank(model: Any, questions: Sequence[str], article_texts: Sequence[str], f
                         dtype=np.float64).reshape(columns.shape)
     order = np.argsort(-logits, axis=1, kind="stable")
     columns, logits = np.take_along_axis(columns, order, axis=1), np.take_along_axis(logits, order, axis=1)
-    return Reranked(columns, 1 / (1 + np.exp(-logits)), candidates_on_top(first_stage, columns, logits))
+    return Reranked(columns, expit(logits), candidates_on_top(first_stage, columns, logits))
 
 
 def recall_at(scores: np.ndarray, article_ids: Sequence[str], gold: Sequence[Sequence[str]], k: int) -> float:

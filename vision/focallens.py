@@ -138,9 +138,10 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
     ):
         """`tower`: "vit" (condition tokens; `patch_size` .. `conv_stem` shape it), "cnn" (FiLM), or an
         encoder spec (`vision.conditioning.ConditionedTower`; an `hf:` one is built from `tower_config`, its
-        transformers config as a dict). Settings a tower does not use are checked but unused. The constructor's default stays "vit" because models saved
-        before the CNN tower existed have no `tower` in their config; `ragcli train focallens` and
-        `train_from_data` default to "cnn", which won on the measurements (README)."""
+        transformers config as a dict). Settings a tower does not use are checked but unused. The
+        constructor's default stays "vit" because models saved before the CNN tower existed have no `tower`
+        in their config; `ragcli train focallens` and `train_from_data` default to "cnn", which won on the
+        measurements (README)."""
         super().__init__()
         _check_settings(image_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, text_dim, condition_tokens,
                         conv_stem, temperature, conditional, text_encoder, mean, std, tower)
@@ -182,10 +183,9 @@ class FocalLens(nn.Module, PyTorchModelHubMixin, library_name="ragcli", tags=["f
         if self.conditional and instructions is None:
             raise UserError("this FocalLens model is conditional: give an instruction")
         instructions = instructions if self.conditional else None
-        if self.image_tower == "cnn":
-            return F.normalize(self.proj(self.cnn(pixels, instructions)), dim=-1)
-        if self.image_tower not in TOWERS:
-            return F.normalize(self.proj(self.encoder(pixels, instructions)), dim=-1)
+        if self.image_tower != "vit":  # the CNN, or an encoder tower: (pixels, instructions) -> features
+            tower = self.cnn if self.image_tower == "cnn" else self.encoder
+            return F.normalize(self.proj(tower(pixels, instructions)), dim=-1)
         x = self.vit.patch_drop(self.vit._pos_embed(self.vit.patch_embed(pixels)))
         if self.conditional:
             x = self.condition.append(x, instructions)  # after the class token, so token pooling is unchanged

@@ -219,8 +219,9 @@ def train_from_data(data: str | Path, out: str | Path, unconditional: bool = Fal
 
     `attributes`: the factors to train on (e.g. CelebA's Smiling, Eyeglasses); None: all of them.
     `tower`: the image tower, "vit", "cnn" (FiLM-conditioned) or an encoder spec (timm:NAME, a registered
-    backbone, hf:PATH), which starts from `tower_weights` (timm) or the hf: directory's weights. `valid_fraction` > 0 holds that share of
-    the training images out and stops early on its mAP@R (`patience` epochs), keeping the best epoch.
+    backbone, hf:PATH), which starts from `tower_weights` (timm) or the hf: directory's weights.
+    `valid_fraction` > 0 holds that share of the training images out and stops early on its mAP@R
+    (`patience` epochs), keeping the best epoch.
     `augment`: condition-aware augmentation (`vision.augment`).
     `vit`: patch_size, embed_dim, depth, num_heads of the ViT."""
     if launch_rank() == 0:
