@@ -105,7 +105,8 @@ def index() -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where the corpus files are.")
 @click.option("--encoder", help="Encoder for the corpus (family-specific; see README).")
 @click.option("--model", type=click.Path(path_type=Path), help="A trained model directory.")
-@click.option("--hybrid", type=click.Path(path_type=Path), help="coliee: a hybrid saved by `eval coliee --save-hybrid`.")
+@click.option("--hybrid", type=click.Path(path_type=Path),
+              help="coliee: a hybrid saved by `eval coliee --save-hybrid` or `--protocol forward --save-pipeline`.")
 @click.option("--images", type=click.Path(path_type=Path), help="Image folder (corpus images).")
 @click.option("--condition", help="Instruction for conditional image embeddings (FocalLens).")
 @click.option("--kind", default="flat", show_default=True, help="flat | hnsw | ivf-flat | ivf-pq | a FAISS factory string.")
@@ -261,7 +262,8 @@ def _format_hits(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         payload = row.get("payload", {})
         label = next((str(payload[c]) for c in ("title", "caption", "name", "path") if payload.get(c)), "")
-        lines.append(f"{row['rank']:>3}. {str(row['id']):<14} {row['score']:8.4f}  {label}")
+        mark = "  [selected]" if payload.get("selected") else ""  # the statute engine's answer set
+        lines.append(f"{row['rank']:>3}. {str(row['id']):<14} {row['score']:8.4f}  {label}{mark}")
         if payload.get("explanation"):
             lines.append(f"       why: {payload['explanation']}")
     return "\n".join(lines)
@@ -363,6 +365,10 @@ def _cutoffs(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
 @click.option("--heads", type=click.IntRange(1, sasrec_limits.MAX_HIDDEN), default=1, show_default=True)
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+              help="Learning rate after the warm-up: constant, or a half cosine down to 0 at --epochs.")
+@click.option("--warmup-epochs", type=click.IntRange(0, sasrec_limits.MAX_EPOCHS), default=0, show_default=True,
+              help="Raise the learning rate linearly from 0 over this many epochs (fewer than --epochs).")
 @click.option("--negatives", "n_negatives", type=click.IntRange(1, sasrec_limits.MAX_NEGATIVES), default=256,
               show_default=True, help="sampled-ce / gbce.")
 @click.option("--gbce-t", type=click.FloatRange(0, 1), default=0.75, show_default=True, help="gbce calibration t.")
@@ -472,7 +478,10 @@ def data_stats_command(path: str, fmt: str, as_json: bool) -> None:
 @click.option("--run-id", help="RUNID column of the run file. Default: the model name.")
 @click.option("--save-hybrid", type=click.Path(path_type=Path),
               help="hybrid: save the (tuned) weights and selection ratio here, for `index build --hybrid`.")
-@click.option("--overwrite", is_flag=True, help="Replace a hybrid ragcli saved at --save-hybrid.")
+@click.option("--save-pipeline", type=click.Path(path_type=Path),
+              help="forward, hybrid: then fit the same recipe for the next exam (tuned on the last --tune-years "
+                   "years, encoder fine-tuned on the years before) and save it here, for `index build --hybrid`.")
+@click.option("--overwrite", is_flag=True, help="Replace a hybrid or pipeline ragcli saved at --save-hybrid / --save-pipeline.")
 @click.option("--protocol", type=click.Choice(["single", "forward"]), default="single", show_default=True,
               help="forward: tune each test year on the years before it only, compare with BM25 (bootstrap).")
 @click.option("--tune-years", type=click.IntRange(1, 50), default=3, show_default=True,
@@ -492,7 +501,8 @@ def data_stats_command(path: str, fmt: str, as_json: bool) -> None:
 @json_option
 def eval_coliee(years: str, valid_years: str | None, protocol: str, tune_years: int, finetune_epochs: int,
                 rerank_epochs: int, rerank_negatives: int, rerank_candidates: int, rerank_once: bool,
-                paper_rerank: bool, paper_top_n: int, paper_alpha: float, as_json: bool, **options: Any) -> None:
+                paper_rerank: bool, paper_top_n: int, paper_alpha: float, save_pipeline: Path | None, as_json: bool,
+                **options: Any) -> None:
     """Macro SetP / SetR / SetF2 of the selected article sets (as COLIEE scores them), R@K and AP."""
     from retrieval.coliee import parse_years
 
@@ -501,8 +511,8 @@ def eval_coliee(years: str, valid_years: str | None, protocol: str, tune_years: 
 
     if finetune_epochs and protocol != "forward":
         raise UserError("--finetune-epochs belongs to --protocol forward (else: train bi-encoder, then --encoder DIR)")
-    if rerank_epochs and protocol != "forward":
-        raise UserError("--rerank-epochs belongs to --protocol forward")
+    if (rerank_epochs or save_pipeline) and protocol != "forward":
+        raise UserError(f"{'--rerank-epochs' if rerank_epochs else '--save-pipeline'} belongs to --protocol forward")
     if protocol == "forward":
         from retrieval.protocol import forward_evaluate
 
@@ -513,7 +523,8 @@ def eval_coliee(years: str, valid_years: str | None, protocol: str, tune_years: 
         result = forward_evaluate(options["data_dir"], parse_years(years), options["model"], tune_years,
                                   options["encoder"], options["device"], finetune_epochs, fusion=options["fusion"],
                                   rerank_epochs=rerank_epochs, rerank_negatives=rerank_negatives,
-                                  rerank_once=rerank_once, rerank_candidates=rerank_candidates)
+                                  rerank_once=rerank_once, rerank_candidates=rerank_candidates,
+                                  save_pipeline=save_pipeline, overwrite=options["overwrite"])
         emit(result, as_json, _format_forward)
         return
     from retrieval.evaluate import evaluate_coliee
@@ -547,9 +558,15 @@ def _format_forward(result: dict[str, Any]) -> str:
 
     years = [line for r in result["years"] for line in
              [row(r["year"], r) + f"  (tuned on {','.join(r['tuned_on'])}, ratio {r['ratio']:.2f})", *reranked(r)]]
+    def pipeline(p: dict[str, Any]) -> list[str]:
+        weights = " ".join(f"{k} {v:.2f}" for k, v in p["weights"].items())
+        trained = f", encoder fine-tuned on {p['trained_on'][0]}..{p['trained_on'][-1]}" if p["trained_on"] else ""
+        return [f"pipeline for the next exam saved to {p['out']}: tuned on {','.join(p['tuned_on'])}{trained}, "
+                f"weights {weights}, ratio {p['ratio']:.2f} ({p['train_seconds']:.0f} s)"]
+
     return "\n".join([f"{result['model']}, forward protocol (macro SetF2, 95% bootstrap intervals):", *years,
                       row("pooled", result["pooled"]) + f"  (mean of years {result['pooled']['mean_year_SetF2']:.4f})",
-                      *reranked(result["pooled"])])
+                      *reranked(result["pooled"]), *(pipeline(result["pipeline"]) if "pipeline" in result else [])])
 
 
 def _format_coliee(result: dict[str, Any]) -> str:

@@ -50,12 +50,15 @@ def config_for(args: argparse.Namespace) -> TrainConfig:
     """The paper's reference settings: hidden 50, 2 blocks, 1 head, batch 128, lr 1e-3 (unless --lr)."""
     spec = DATASETS[args.dataset]
     return TrainConfig(loss=args.loss, epochs=args.epochs, batch_size=128, maxlen=spec["maxlen"], hidden=50, blocks=2,
-                       heads=1, dropout=spec["dropout"], lr=args.lr, patience=args.patience, eval_every=args.eval_every,
+                       heads=1, dropout=spec["dropout"], lr=args.lr, schedule=args.schedule,
+                       warmup_epochs=args.warmup_epochs, patience=args.patience, eval_every=args.eval_every,
                        pre_ln=not args.post_ln, device="cpu", seed=0)
 
 
 def run_name(args: argparse.Namespace) -> str:
-    return f"{args.dataset}-{args.loss}" + ("-post-ln" if args.post_ln else "") + (f"-lr{args.lr:g}" if args.lr != PAPER_LR else "")
+    return (f"{args.dataset}-{args.loss}" + ("-post-ln" if args.post_ln else "") + (f"-lr{args.lr:g}" if args.lr != PAPER_LR else "")
+            + (f"-{args.schedule}{args.epochs}" if args.schedule != "constant" else "")
+            + (f"-warmup{args.warmup_epochs}" if args.warmup_epochs else ""))
 
 
 def test_metrics(args: argparse.Namespace, model_dir: Path, seqs) -> dict:
@@ -166,7 +169,8 @@ def _system_share(before: resource.struct_rusage) -> float:
 
 
 def write(args: argparse.Namespace, name: str, result: dict) -> None:
-    result.update(threads=torch.get_num_threads(), blocks="post-LN" if args.post_ln else "pre-LN", lr=args.lr)
+    result.update(threads=torch.get_num_threads(), blocks="post-LN" if args.post_ln else "pre-LN", lr=args.lr,
+                  schedule=args.schedule, warmup_epochs=args.warmup_epochs, max_epochs=args.epochs)
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
@@ -180,7 +184,9 @@ def table(args: argparse.Namespace) -> None:
         r.update({protocol: current_names(r[protocol]) for protocol in ("full", "sampled100")})  # old results too
         note = " (stopped by hand)" if r.get("stopped_by_hand") else ""
         loss = r["loss"] + (", post-LN" if r.get("blocks") == "post-LN" else "") + (
-            f", lr {r['lr']:g}" if r.get("lr", PAPER_LR) != PAPER_LR else "")
+            f", lr {r['lr']:g}" if r.get("lr", PAPER_LR) != PAPER_LR else "") + (
+            f", {r['schedule']} to {r['max_epochs']}" if r.get("schedule", "constant") != "constant" else "") + (
+            f", warm-up {r['warmup_epochs']}" if r.get("warmup_epochs") else "")
         print(f"| {r['dataset']} | {loss} | {r['full']['Success@10']:.4f} | {r['full']['nDCG@10']:.4f} "
               f"| {r['sampled100']['Success@10']:.4f} | {r['sampled100']['nDCG@10']:.4f} "
               f"| {r['seconds_per_epoch']:.1f} ({r.get('cpu_seconds_per_epoch', float('nan')):.1f}) "
@@ -203,6 +209,9 @@ def main() -> None:
                          help="torch threads (1: the 2 cores are shared, and 2 threads spin-wait when contended)")
         one.add_argument("--post-ln", action="store_true", help="Post-LN blocks (default: pre-LN).")
         one.add_argument("--lr", type=float, default=PAPER_LR, help="Adam learning rate (the paper's 1e-3 by default).")
+        one.add_argument("--schedule", default="constant", choices=["constant", "cosine"],
+                         help="Learning rate after the warm-up (cosine: down to 0 at --epochs).")
+        one.add_argument("--warmup-epochs", type=int, default=0, help="Linear warm-up epochs.")
         one.add_argument("--resume", action="store_true", help="run: continue from the run's best checkpoint.")
         one.add_argument("--epochs-run", type=int, help="evaluate: epochs the stopped run had finished (its log).")
         one.add_argument("--peak-mb", type=float, help="evaluate: peak RSS of the stopped run (VmHWM).")

@@ -32,8 +32,9 @@ def ce_loss(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, *
 class ChunkedSoftmaxCE(torch.autograd.Function):
     """Mean full-softmax cross-entropy of (N, h) states over (V, h) item rows, a chunk of positions at a
     time: the (N, V) logits, their softmax and its gradient never exist at once (on Amazon Games they
-    were 1.4 GB per batch, half the epoch spent in page faults). Backward recomputes each chunk's logits,
-    so one (chunk, V) buffer serves the whole step.
+    were 1.4 GB per batch, half the epoch spent in page faults). The loss is a scalar, so its gradients
+    are known as soon as each chunk's softmax is: forward computes them on the spot (when an input needs
+    them) and backward only scales them, so each chunk's logits are computed and exponentiated once.
 
     The products run in `dtype` (bfloat16 under autocast, where the CPU's matrix units make them several
     times faster); the softmax itself is taken in float32 (or wider), as CPU kernels for it are fastest
@@ -44,31 +45,30 @@ class ChunkedSoftmaxCE(torch.autograd.Function):
                 dtype: torch.dtype) -> torch.Tensor:
         with torch.autocast(states.device.type, enabled=False):
             products = _Products(states, items, dtype)
+            gradients = states.requires_grad or items.requires_grad
             lse = torch.empty(len(states), dtype=products.wide, device=states.device)
+            grad_states = torch.empty(states.shape, dtype=products.wide, device=states.device) if gradients else None
+            grad_items = torch.zeros(items.shape, dtype=products.wide, device=items.device) if gradients else None
             for rows, chunk in products.chunks():
                 logits = products.logits(chunk)
                 peak = logits.amax(1)
-                lse[rows] = logits.sub_(peak.unsqueeze(1)).exp_().sum(1).log_() + peak  # in place: no temporaries
+                total = logits.sub_(peak.unsqueeze(1)).exp_().sum(1)  # in place: no temporaries
+                lse[rows] = total.log() + peak
+                if gradients:  # d mean / d logits = (softmax - one-hot) / N
+                    probs = logits.div_(total.unsqueeze(1))
+                    probs[torch.arange(len(probs)), targets[rows]] -= 1
+                    low = products.lowered(probs.div_(len(states)))
+                    grad_states[rows] = low @ products.low_items
+                    grad_items += low.T @ chunk
             positive = (products.states * products.items[targets]).sum(1)
-        ctx.save_for_backward(states, items, targets, lse)
-        ctx.dtype = dtype
+        ctx.save_for_backward(grad_states, grad_items)
+        ctx.dtypes = (states.dtype, items.dtype)
         return (lse - positive).mean()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
-        states, items, targets, lse = ctx.saved_tensors
-        with torch.autocast(states.device.type, enabled=False):
-            products = _Products(states, items, ctx.dtype)
-            grad_states = torch.empty(states.shape, dtype=products.wide, device=states.device)
-            grad_items = torch.zeros(items.shape, dtype=products.wide, device=items.device)
-            scale = grad.to(products.wide) / len(states)  # the mean's 1 / N
-            for rows, chunk in products.chunks():
-                probs = products.logits(chunk).sub_(lse[rows].unsqueeze(1)).exp_()
-                probs[torch.arange(len(probs)), targets[rows]] -= 1  # softmax - one-hot
-                low = products.lowered(probs.mul_(scale))
-                grad_states[rows] = low @ products.low_items
-                grad_items += low.T @ chunk
-        return grad_states.to(states.dtype), grad_items.to(items.dtype), None, None
+        grad_states, grad_items = ctx.saved_tensors
+        return ((grad_states * grad).to(ctx.dtypes[0]), (grad_items * grad).to(ctx.dtypes[1]), None, None)
 
 
 class _Products:

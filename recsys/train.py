@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import pickle
 import resource
 import time
@@ -35,6 +36,7 @@ from recsys.recommender import BEST_KEY, STATE_FILE, VALID_KEY, VALID_METRIC, Re
 
 OPTIMIZER_FILE = "optimizer.pt"
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, float32 on CPU
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -51,6 +53,8 @@ class TrainConfig:
     dropout: float = 0.2
     pre_ln: bool = True
     lr: float = 1e-3
+    schedule: str = "constant"
+    warmup_epochs: int = 0
     weight_decay: float = 0.0
     decay_embeddings: bool = False
     n_negatives: int = 256
@@ -71,6 +75,8 @@ class TrainConfig:
         try:
             choice("loss", self.loss, LOSSES)
             choice("precision", self.precision, PRECISIONS)
+            choice("schedule", self.schedule, SCHEDULES)
+            integer("warmup_epochs", self.warmup_epochs, 0, self.epochs - 1)
             for name, (low, high) in counts.items():
                 integer(name, getattr(self, name), low, high)
             check_architecture(1, **{name: getattr(self, name) for name in ARCHITECTURE})
@@ -79,6 +85,18 @@ class TrainConfig:
             number("gbce_t", self.gbce_t, 0, 1)
         except UserError as err:
             raise UserError(f"invalid training settings: {err}") from None
+
+
+def learning_rate(config: TrainConfig, progress: float) -> float:
+    """The rate after `progress` epochs (fractional: it changes every step): a linear warm-up from 0 over
+    `warmup_epochs`, then `lr` (constant) or a half cosine from `lr` down to 0 at `epochs`. A function of
+    the position alone, so a resumed run continues the same curve."""
+    if progress < config.warmup_epochs:
+        return config.lr * progress / config.warmup_epochs
+    if config.schedule == "constant":
+        return config.lr
+    done = (progress - config.warmup_epochs) / (config.epochs - config.warmup_epochs)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
 
 
 def _device(config: TrainConfig, ranks: Ranks) -> str:
@@ -260,6 +278,8 @@ def _train_epoch(net: torch.nn.Module, model: SASRec, optimizer: torch.optim.Opt
         loss = loss * ranks.weight(int((targets[share] > 0).sum()), int((targets[rows] > 0).sum()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, epoch - 1 + (step - 0.5) / len(batches))
         optimizer.step()
         total += loss.detach()
         seen += len(rows)

@@ -8,7 +8,9 @@ per-question F2 (`SetF2`) says whether a gain is larger than the noise of a 100-
 
 from __future__ import annotations
 
+import json
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from indexes.errors import UserError
+from indexes.files import atomic_dir, check_output
 from indexes.metrics import bootstrap_interval, set_precision_recall_fbeta
+from indexes.text_encoder import DEFAULT_TEXT_ENCODER
 from retrieval.base import Retriever, checked_scores
 from retrieval.coliee import Article, Coliee, Query, load_coliee
 from retrieval.evaluate import coliee_metrics, make_retriever, tune_on
@@ -27,14 +31,26 @@ from retrieval.rerank import (DEFAULT_NEGATIVES, MAX_CANDIDATES, MemoCrossEncode
 from retrieval.selection import select, select_by_probability
 
 DEFAULT_TUNE_YEARS = 3
+PIPELINE_FILE, PIPELINE_ENCODER = "pipeline.json", "encoder"
 
 
-def tuning_years(years: Sequence[str], test_year: str, count: int = DEFAULT_TUNE_YEARS) -> list[str]:
-    """The `count` exam years just before `test_year` in `years` (in exam order)."""
-    earlier = list(years)[: list(years).index(test_year)]
+def tuning_years(years: Sequence[str], test_year: str | None, count: int = DEFAULT_TUNE_YEARS) -> list[str]:
+    """The `count` exam years just before `test_year` in `years` (in exam order); with `test_year` None,
+    the last `count` years: the next, unseen exam's."""
+    earlier = list(years)[: list(years).index(test_year)] if test_year is not None else list(years)
     if not earlier:
         raise UserError(f"no exam year before {test_year} to tune on; the forward protocol needs one")
     return earlier[-count:]
+
+
+def plan_years(years: Sequence[str], test_year: str | None, count: int = DEFAULT_TUNE_YEARS) -> tuple[list[str], list[str]]:
+    """(training years, tuning years) of the system that answers `test_year` (None: the next exam):
+    tuning on the `count` years before it, training on every year before those."""
+    tune = tuning_years(years, test_year, count)
+    trained_on = list(years)[: list(years).index(tune[0])]
+    if {test_year, *tune} & set(trained_on):
+        raise ValueError("a tuning or test year is among the training years")
+    return trained_on, tune
 
 
 def score_year(retriever: Retriever, tune: Sequence[Query], test: Sequence[Query]) -> dict[str, Any]:
@@ -77,14 +93,21 @@ def forward_evaluate(data_dir: Path | None, years: Sequence[str], model: str = "
                      tune_years: int = DEFAULT_TUNE_YEARS, encoder: str | None = None, device: str = "auto",
                      finetune_epochs: int = 0, seed: int = 0, data: Coliee | None = None,
                      fusion: str = "wsum", rerank_epochs: int = 0, rerank_negatives: int = DEFAULT_NEGATIVES,
-                     rerank_once: bool = False, rerank_candidates: int = MAX_CANDIDATES) -> dict[str, Any]:
+                     rerank_once: bool = False, rerank_candidates: int = MAX_CANDIDATES,
+                     save_pipeline: Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Score each of `years` under the forward protocol, with `model` (bm25 | dense | hybrid) and BM25
     beside it; per year and pooled: macro F2 (`SetF2`) with a 95% bootstrap interval, and the paired interval of
     the difference to BM25. With `finetune_epochs`, each test year gets its own encoder, fine-tuned on
     the years before its tuning years. With `rerank_epochs`, a cross-encoder trained on those same years
     re-ranks the first stage's best candidates (at most `rerank_candidates`) and picks the set by
     probability; `rerank_once` trains one for the first test year and keeps it for the later ones (their
-    allowed training years include its own), a third of the CPU time."""
+    allowed training years include its own), a third of the CPU time. With `save_pipeline`, the same
+    recipe is then fitted for the next, unseen exam and saved there (`save_pipeline`)."""
+    if save_pipeline is not None:
+        if model != "hybrid" or rerank_epochs:
+            raise UserError("--save-pipeline saves a --model hybrid (the statute index serves a hybrid, "
+                            "without a cross-encoder)")
+        check_output(save_pipeline, overwrite, "pipeline directory")
     data = data or load_coliee(data_dir)
     missing = [y for y in years if y not in data.years]
     if missing:
@@ -96,16 +119,11 @@ def forward_evaluate(data_dir: Path | None, years: Sequence[str], model: str = "
     rows, kept = [], None  # kept: (training years, cross-encoder) under rerank_once
     with tempfile.TemporaryDirectory() as keep_dir:
         for year in years:
-            tune = tuning_years(data.years, year, tune_years)
-            trained_on = data.years[: data.years.index(tune[0])]
-            if {year, *tune} & set(trained_on):
-                raise ValueError("a tuning or test year is among the training years")
+            trained_on, tune = plan_years(data.years, year, tune_years)
             with tempfile.TemporaryDirectory() as scratch:
-                system = fixed
-                if finetune_epochs:
-                    system = make_retriever(model, data.articles, _finetuned(data, trained_on, Path(scratch), encoder,
-                                                                             finetune_epochs, device, seed),
-                                            device=device, fusion=fusion)
+                system = fixed or make_retriever(model, data.articles, _finetuned(
+                    data, trained_on, Path(scratch) / "encoder", encoder, finetune_epochs, device, seed),
+                    device=device, fusion=fusion)
                 tune_queries, test = data.queries(tune), data.queries([year])
                 ours, bm25 = score_year(system, tune_queries, test), score_year(baseline, tune_queries, test)
                 row = {"year": year, "tuned_on": tune,
@@ -131,8 +149,45 @@ def forward_evaluate(data_dir: Path | None, years: Sequence[str], model: str = "
         f" (encoder fine-tuned {finetune_epochs} epochs per year)" if finetune_epochs else "") + (
         f" + cross-encoder re-rank ({rerank_epochs} epochs, {rerank_negatives} negatives, "
         f"{'trained once' if rerank_once else 'trained per year'})" if rerank_epochs else "")
-    return {"model": name, "protocol": "forward", "tune_years": tune_years,
-            "years": [_summary(row) for row in rows], "pooled": _pooled(rows)}
+    result = {"model": name, "protocol": "forward", "tune_years": tune_years,
+              "years": [_summary(row) for row in rows], "pooled": _pooled(rows)}
+    if save_pipeline is not None:
+        result["pipeline"] = fit_pipeline(data, save_pipeline, tune_years, encoder, device, finetune_epochs, seed,
+                                          fusion, overwrite, measured=result)
+    return result
+
+
+def fit_pipeline(data: Coliee, out: Path, tune_years: int = DEFAULT_TUNE_YEARS, encoder: str | None = None,
+                 device: str = "auto", finetune_epochs: int = 0, seed: int = 0, fusion: str = "wsum",
+                 overwrite: bool = False, measured: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The hybrid the forward protocol fields for the next, unseen exam, by the same steps it scores each
+    test year with: the encoder fine-tuned on every year but the last `tune_years` (with
+    `finetune_epochs`), the weights and ratio tuned on those last years. Saved in `out` for
+    `index build --corpus coliee --hybrid out`: the recipe (config.json), the encoder (encoder/) and
+    pipeline.json (how it was made, the years each stage saw, and the `measured` forward scores)."""
+    trained_on, tune = plan_years(data.years, None, tune_years)
+    started = time.perf_counter()
+    with atomic_dir(out, "model", overwrite) as tmp:
+        dense = _finetuned(data, trained_on, tmp / PIPELINE_ENCODER, encoder, finetune_epochs, device, seed) \
+            if finetune_epochs else encoder
+        system = make_retriever("hybrid", data.articles, dense, device=device, fusion=fusion)
+        system.ratio = tune_on(system, data.queries(tune))
+        system.save_pretrained(tmp)
+        record = {"model": "hybrid", "fusion": fusion, "weights": system.named_weights(), "ratio": system.ratio,
+                  "tuned_on": tune, "trained_on": trained_on if finetune_epochs else [],
+                  "base_encoder": encoder or DEFAULT_TEXT_ENCODER, "finetune_epochs": finetune_epochs, "seed": seed,
+                  **({"encoder_dir": PIPELINE_ENCODER} if finetune_epochs else {}),
+                  "train_seconds": round(time.perf_counter() - started, 1),
+                  **({"forward": _measured(measured)} if measured else {})}
+        (tmp / PIPELINE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return {"out": str(out), **record}
+
+
+def _measured(result: dict[str, Any]) -> dict[str, Any]:
+    """The forward protocol's scores, as a pipeline records them: per year and pooled SetF2 with intervals."""
+    keys = ("SetF2_interval", "bm25_SetF2", "gain_over_bm25", "gain_interval")
+    return {"years": {r["year"]: {"SetF2": r["metrics"]["SetF2"], **{k: r[k] for k in keys}} for r in result["years"]},
+            "pooled": {k: result["pooled"][k] for k in ("queries", "mean_year_SetF2", "SetF2", *keys)}}
 
 
 def _cross_encoder(data: Coliee, system: Retriever, baseline: Retriever, years: Sequence[str], out: Path,
@@ -151,13 +206,12 @@ def _cross_encoder(data: Coliee, system: Retriever, baseline: Retriever, years: 
                                epochs=epochs, device=device, seed=seed)
 
 
-def _finetuned(data: Coliee, years: Sequence[str], scratch: Path, encoder: str | None, epochs: int, device: str,
+def _finetuned(data: Coliee, years: Sequence[str], out: Path, encoder: str | None, epochs: int, device: str,
                seed: int) -> str:
-    """An encoder fine-tuned on the questions of `years` (in `scratch`), for one test year."""
+    """An encoder fine-tuned on the questions of `years`, saved in `out`, for one test year."""
     if not years:
         raise UserError("no exam year before the tuning years to fine-tune the encoder on; test a later year "
                         "or tune on fewer years (--tune-years)")
-    out = scratch / "encoder"
     finetune_encoder(encoder, question_article_pairs(data.articles, data.queries(years)), out,
                      corpus=[a.search_text for a in data.articles], epochs=epochs, device=device, seed=seed)
     return str(out)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from indexes import BuildRequest, Hit, UserError
+from indexes import BuildRequest, Hit, UserError, checks
 from indexes.backends import build_vectors
 from indexes.engine import Engine, Query
 from indexes.files import inside, read_json
@@ -32,6 +32,8 @@ from retrieval.coliee import Article, load_coliee
 from retrieval.dense import encode_texts
 from retrieval.fusion import HybridConfig, HybridRetriever
 from retrieval.models import NeuralRetriever, ParaformerRetriever, load_retriever
+from retrieval.protocol import PIPELINE_FILE
+from retrieval.selection import select
 
 BM25_DIR, MODEL_DIR, HYBRID_DIR, ENCODER_DIR = "bm25", "model", "hybrid", "encoder"
 ARTICLES_FILE, FEATURES_FILE = "articles.json", "article_features.safetensors"
@@ -40,12 +42,14 @@ ARTICLES_FILE, FEATURES_FILE = "articles.json", "article_features.safetensors"
 def build_index(request: BuildRequest, out: Path) -> ManifestIndex | None:
     """Read the COLIEE folder (default: the bundled sample), embed every article, save the index at `out`
     (with the trained model in `request.model`, its article features computed here, once). The fusion
-    recipe (weights, selection ratio) is `request.hybrid`, a hybrid saved by `eval coliee --save-hybrid`,
-    or equal weights; it is saved in the index (`hybrid/`) and served as it is."""
+    recipe (weights, selection ratio) is `request.hybrid`, a hybrid saved by `eval coliee --save-hybrid`
+    or a pipeline saved by `--protocol forward --save-pipeline` (with its fine-tuned encoder), or equal
+    weights; it is saved in the index (`hybrid/`, and `pipeline.json`) and served as it is."""
     articles = load_coliee(request.data_dir).articles
     ids = [a.id for a in articles]
     texts = [a.search_text for a in articles]
-    encoder = request.encoder or DEFAULT_TEXT_ENCODER
+    pipeline = _pipeline(request.hybrid, request.encoder) if request.hybrid is not None else None
+    encoder = (pipeline or {}).get("encoder_path") or request.encoder or DEFAULT_TEXT_ENCODER
     device = resolve_device(request.device)
     vectors = corpus_vectors(request, ids, lambda rows: encode_texts(texts[rows], encoder, device))
     if vectors is None:  # one shard embedded (indexes.shards)
@@ -69,11 +73,30 @@ def build_index(request: BuildRequest, out: Path) -> ManifestIndex | None:
                         f"{', '.join(parts)} (give the same --model)")
     settings.update(name=f"hybrid({', '.join(hybrid.retrievers)})", hybrid=HYBRID_DIR)
     extras[HYBRID_DIR] = hybrid.save
+    if pipeline is not None:  # how the recipe was made, and what the forward protocol measured, travel along
+        settings["pipeline"] = PIPELINE_FILE
+        extras[PIPELINE_FILE] = partial(shutil.copyfile, Path(request.hybrid) / PIPELINE_FILE)
     payload = [{"title": a.title, "caption": a.caption, "headings": " / ".join(a.headings), "text": a.text} for a in articles]
     index = build_vectors(vectors, ids, payload, metric=request.metric or "cosine", encoder=settings,
                           **request.index_options(out))
     index.save(out, extras=extras, overwrite=request.overwrite)
     return index
+
+
+def _pipeline(recipe: Path, encoder: str | None) -> dict[str, Any] | None:
+    """pipeline.json of a recipe saved by `eval coliee --protocol forward --save-pipeline` (None for a plain
+    `--save-hybrid` recipe), with `encoder_path`: its fine-tuned encoder, which the index must embed with."""
+    if not (Path(recipe) / PIPELINE_FILE).is_file():
+        return None
+    record = read_json(Path(recipe) / PIPELINE_FILE, "pipeline record")
+    if not isinstance(record, dict):
+        raise UserError(f"{recipe}/{PIPELINE_FILE} must hold a JSON object")
+    own = str(inside(recipe, record["encoder_dir"], "encoder_dir")) if "encoder_dir" in record \
+        else checks.text("pipeline base_encoder", record.get("base_encoder"))
+    if encoder is not None and Path(encoder).expanduser().resolve() != Path(own).expanduser().resolve():
+        kind = "its fine-tuned encoder" if "encoder_dir" in record else f"the encoder {own}"
+        raise UserError(f"the pipeline in {recipe} was tuned with {kind}; drop --encoder")
+    return {**record, "encoder_path": own}
 
 
 def _save_articles(articles: list[Article], path: Path) -> None:
@@ -100,7 +123,8 @@ class IndexedDense:
 
 
 class StatuteEngine(Engine):
-    """Answers questions with the fused BM25 + dense (+ trained model) scores of every article."""
+    """Answers questions with the fused BM25 + dense (+ trained model) scores of every article; each hit's
+    `selected` says whether it is in the answer set the recipe's selection ratio picks (what COLIEE scores)."""
 
     family, field = "retrieval", "text"
 
@@ -149,7 +173,9 @@ class StatuteEngine(Engine):
         kept = [[j for j in best[q] if np.isfinite(fused[q, j])] for q in range(len(texts))]
         wanted = sorted({ids[j] for row in kept for j in row})
         payload = dict(zip(wanted, self.index.payloads(wanted)))
-        hits = [[Hit(ids[j], float(fused[q, j]), dict(payload[ids[j]])) for j in row] for q, row in enumerate(kept)]
+        answers = [set(chosen) for chosen in select(fused, ids, self.hybrid.ratio)]  # COLIEE's answer set
+        hits = [[Hit(ids[j], float(fused[q, j]), {**payload[ids[j]], "selected": ids[j] in answers[q]}) for j in row]
+                for q, row in enumerate(kept)]
         if isinstance(self.model, ParaformerRetriever):
             for text, ranked in zip(texts, hits):
                 for hit, (weight, sentence) in zip(ranked, self.model.explain(text, [h.id for h in ranked])):

@@ -74,7 +74,9 @@ def test_ce_equals_a_hand_computed_softmax():
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, 100])
 def test_chunked_ce_equals_the_plain_full_softmax(monkeypatch, chunk_rows):
-    """Values and gradients, whatever the chunking (one row, a ragged last chunk, one chunk)."""
+    """Values and gradients, whatever the chunking (one row, a ragged last chunk, one chunk); the gradients
+    (computed in the forward pass) follow the upstream gradient, and a call without gradients gives the
+    same value."""
     generator = torch.Generator().manual_seed(0)
     states = torch.randn(7, 5, dtype=torch.float64, generator=generator, requires_grad=True)
     items = torch.randn(13, 5, dtype=torch.float64, generator=generator, requires_grad=True)
@@ -83,8 +85,11 @@ def test_chunked_ce_equals_the_plain_full_softmax(monkeypatch, chunk_rows):
     chunked = ChunkedSoftmaxCE.apply(states, items, targets, torch.float64)
     plain = torch.nn.functional.cross_entropy(states @ items.T, targets)
     torch.testing.assert_close(chunked, plain)
-    for got, expected in zip(torch.autograd.grad(chunked, (states, items)), torch.autograd.grad(plain, (states, items))):
+    for got, expected in zip(torch.autograd.grad(2.5 * chunked, (states, items)),
+                             torch.autograd.grad(2.5 * plain, (states, items))):
         torch.testing.assert_close(got, expected)
+    with torch.no_grad():
+        torch.testing.assert_close(ChunkedSoftmaxCE.apply(states, items, targets, torch.float64), plain)
 
 
 def test_chunked_ce_in_bfloat16_products_stays_close():

@@ -170,3 +170,32 @@ def test_build_index_needs_a_model(dataset, tmp_path):
     with pytest.raises(UserError, match="--model"):
         build_index(BuildRequest(corpus=str(dataset[0])), tmp_path / "i")
     assert not (tmp_path / "i").exists()
+
+
+def test_learning_rate_warms_up_then_follows_a_half_cosine_to_zero():
+    config = TrainConfig(lr=0.01, epochs=10, warmup_epochs=2, schedule="cosine")
+    assert training.learning_rate(config, 0.0) == 0.0 and training.learning_rate(config, 1.0) == pytest.approx(0.005)
+    assert training.learning_rate(config, 2.0) == pytest.approx(0.01)
+    assert training.learning_rate(config, 6.0) == pytest.approx(0.005)  # half-way through the cosine
+    assert training.learning_rate(config, 10.0) == pytest.approx(0.0, abs=1e-12)
+    constant = TrainConfig(lr=0.01, epochs=10, warmup_epochs=2)
+    assert [training.learning_rate(constant, p) for p in (1.0, 2.0, 9.9)] == pytest.approx([0.005, 0.01, 0.01])
+    with pytest.raises(UserError, match="warmup_epochs"):
+        TrainConfig(epochs=3, warmup_epochs=3).validate()
+
+
+def test_a_scheduled_run_steps_with_the_scheduled_rate(dataset, tmp_path, monkeypatch):
+    """Every optimizer step uses the rate of its position in the run: the last step of a 3-epoch cosine
+    run is near 0, and training.json records the schedule."""
+    seen = []
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (seen.append(self.param_groups[0]["lr"]),
+                                                                          step(self, *a, **k))[1])
+    config = TrainConfig(**dict(CONFIG, epochs=3, schedule="cosine", warmup_epochs=1))
+    train_sasrec(dataset[1], tmp_path / "m", config)
+    per_epoch = len(seen) // 3
+    assert seen[0] == pytest.approx(config.lr * 0.5 / per_epoch)  # the warm-up's first step
+    assert max(seen) <= config.lr and seen[-1] < 0.02 * config.lr
+    assert seen[per_epoch - 1] < seen[per_epoch] and seen[per_epoch] > seen[-1]  # rises, then falls
+    recorded = json.loads((tmp_path / "m" / "training.json").read_text())["config"]
+    assert (recorded["schedule"], recorded["warmup_epochs"]) == ("cosine", 1)
