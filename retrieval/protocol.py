@@ -102,7 +102,7 @@ def forward_evaluate(data_dir: Path | None, years: Sequence[str], model: str = "
     re-ranks the first stage's best candidates (at most `rerank_candidates`) and picks the set by
     probability; `rerank_once` trains one for the first test year and keeps it for the later ones (their
     allowed training years include its own), a third of the CPU time. With `save_pipeline`, the same
-    recipe is then fitted for the next, unseen exam and saved there (`save_pipeline`)."""
+    recipe is then fitted for the next, unseen exam and saved there (`fit_pipeline`)."""
     if save_pipeline is not None:
         if model != "hybrid" or rerank_epochs:
             raise UserError("--save-pipeline saves a --model hybrid (the statute index serves a hybrid, "

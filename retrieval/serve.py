@@ -91,8 +91,11 @@ def _pipeline(recipe: Path, encoder: str | None) -> dict[str, Any] | None:
     record = read_json(Path(recipe) / PIPELINE_FILE, "pipeline record")
     if not isinstance(record, dict):
         raise UserError(f"{recipe}/{PIPELINE_FILE} must hold a JSON object")
-    own = str(inside(recipe, record["encoder_dir"], "encoder_dir")) if "encoder_dir" in record \
-        else checks.text("pipeline base_encoder", record.get("base_encoder"))
+    if "encoder_dir" in record:
+        inside(recipe, record["encoder_dir"], "encoder_dir")  # refuses a path out of the pipeline
+        own = str(Path(recipe) / record["encoder_dir"])  # unresolved: the index names it "encoder"
+    else:
+        own = checks.text("pipeline base_encoder", record.get("base_encoder"))
     if encoder is not None and Path(encoder).expanduser().resolve() != Path(own).expanduser().resolve():
         kind = "its fine-tuned encoder" if "encoder_dir" in record else f"the encoder {own}"
         raise UserError(f"the pipeline in {recipe} was tuned with {kind}; drop --encoder")

@@ -62,7 +62,7 @@ def test_an_index_built_from_a_pipeline_serves_exactly_its_system(tiny_encoder, 
     assert (record["trained_on"], record["tuned_on"]) == (["R02"], ["R03"])
     built = run("index", "build", "--corpus", "coliee", "--hybrid", out, "--name", index, "--device", "cpu", "--json")
     assert built.exit_code == 0, built.output
-    assert json.loads(built.stdout)["encoder"]["pipeline"] == "pipeline.json"
+    assert {k: json.loads(built.stdout)["encoder"][k] for k in ("pipeline", "dense")} == {"pipeline": "pipeline.json", "dense": "encoder"}
     assert json.loads((index / "pipeline.json").read_text()) == json.loads((out / "pipeline.json").read_text())
     answered = run("index", "query", index, QUESTION, "-k", "24", "--device", "cpu", "--json")
     assert answered.exit_code == 0, answered.output
@@ -95,3 +95,20 @@ def test_save_pipeline_errors_exit_2_before_any_work(tmp_path, monkeypatch, args
     (tmp_path / "taken" / "mine.txt").write_text("a user's file")
     one_line_error(run("eval", "coliee", *args), *words)
     assert not (tmp_path / "p").exists() and (tmp_path / "taken" / "mine.txt").read_text() == "a user's file"
+
+
+def test_cli_save_pipeline_on_the_sample(tiny_encoder, tmp_path):
+    """R03 is scored tuned on R02; the pipeline for the exam after R03 is tuned on R03 (nothing fine-tuned:
+    it keeps the given encoder, which the index then embeds with)."""
+    out = tmp_path / "p"
+    result = run("eval", "coliee", "--protocol", "forward", "--years", "R03", "--tune-years", 1, "--encoder",
+                 tiny_encoder, "--save-pipeline", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert f"pipeline for the next exam saved to {out}: tuned on R03, weights bm25" in result.stdout
+    record = json.loads((out / "pipeline.json").read_text())
+    assert (record["tuned_on"], record["trained_on"], record["base_encoder"]) == (["R03"], [], tiny_encoder)
+    assert "encoder_dir" not in record and record["forward"]["years"]["R03"]["bm25_SetF2"] >= 0
+    built = run("index", "build", "--corpus", "coliee", "--hybrid", out, "--name", tmp_path / "idx", "--device", "cpu",
+                "--json")
+    assert built.exit_code == 0, built.output
+    assert json.loads(built.stdout)["dim"] == 32  # the tiny encoder's width, not MiniLM's 384
