@@ -556,14 +556,14 @@ def _format_forward(result: dict[str, Any]) -> str:
                      f"({s['pairs']} pairs, {s['train_seconds']:.0f} s)")
         return [line]
 
-    years = [line for r in result["years"] for line in
-             [row(r["year"], r) + f"  (tuned on {','.join(r['tuned_on'])}, ratio {r['ratio']:.2f})", *reranked(r)]]
     def pipeline(p: dict[str, Any]) -> list[str]:
         weights = " ".join(f"{k} {v:.2f}" for k, v in p["weights"].items())
         trained = f", encoder fine-tuned on {p['trained_on'][0]}..{p['trained_on'][-1]}" if p["trained_on"] else ""
         return [f"pipeline for the next exam saved to {p['out']}: tuned on {','.join(p['tuned_on'])}{trained}, "
                 f"weights {weights}, ratio {p['ratio']:.2f} ({p['train_seconds']:.0f} s)"]
 
+    years = [line for r in result["years"] for line in
+             [row(r["year"], r) + f"  (tuned on {','.join(r['tuned_on'])}, ratio {r['ratio']:.2f})", *reranked(r)]]
     return "\n".join([f"{result['model']}, forward protocol (macro SetF2, 95% bootstrap intervals):", *years,
                       row("pooled", result["pooled"]) + f"  (mean of years {result['pooled']['mean_year_SetF2']:.4f})",
                       *reranked(result["pooled"]), *(pipeline(result["pipeline"]) if "pipeline" in result else [])])

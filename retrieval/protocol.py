@@ -121,7 +121,7 @@ def forward_evaluate(data_dir: Path | None, years: Sequence[str], model: str = "
         for year in years:
             trained_on, tune = plan_years(data.years, year, tune_years)
             with tempfile.TemporaryDirectory() as scratch:
-                system = fixed or make_retriever(model, data.articles, _finetuned(
+                system = fixed if fixed is not None else make_retriever(model, data.articles, _finetuned(
                     data, trained_on, Path(scratch) / "encoder", encoder, finetune_epochs, device, seed),
                     device=device, fusion=fusion)
                 tune_queries, test = data.queries(tune), data.queries([year])

@@ -49,7 +49,7 @@ def build_index(request: BuildRequest, out: Path) -> ManifestIndex | None:
     ids = [a.id for a in articles]
     texts = [a.search_text for a in articles]
     pipeline = _pipeline(request.hybrid, request.encoder) if request.hybrid is not None else None
-    encoder = (pipeline or {}).get("encoder_path") or request.encoder or DEFAULT_TEXT_ENCODER
+    encoder = pipeline["encoder_path"] if pipeline else request.encoder or DEFAULT_TEXT_ENCODER
     device = resolve_device(request.device)
     vectors = corpus_vectors(request, ids, lambda rows: encode_texts(texts[rows], encoder, device))
     if vectors is None:  # one shard embedded (indexes.shards)
